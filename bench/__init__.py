@@ -1,0 +1,1 @@
+"""Telebridge bench package (see its issue; empty until then)."""

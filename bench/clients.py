@@ -1,0 +1,134 @@
+"""Real aiortc clients of the SFU's command API: a publisher and decoding subscribers.
+
+Used by ``telebridge demo`` and the test suite. They are ordinary aiortc
+peers (they encode and decode); only their ICE candidates are restricted to
+the given addresses (loopback by default), per connection, without patching
+aioice globally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+from sfu.server import Sfu, TrackInfo
+from sfu.transport import restrict_host_candidates
+
+
+class LoopbackPeerConnection(RTCPeerConnection):
+    """An aiortc peer connection gathering host candidates on ``addresses`` only."""
+
+    def __init__(self, addresses: Sequence[str] = ("127.0.0.1",)) -> None:
+        self._addresses = list(addresses)
+        super().__init__(
+            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
+
+    def _RTCPeerConnection__createDtlsTransport(self) -> RTCDtlsTransport:
+        dtls: RTCDtlsTransport = super()._RTCPeerConnection__createDtlsTransport()  # type: ignore[misc]
+        restrict_host_candidates(dtls.transport.iceGatherer._connection, self._addresses)
+        return dtls
+
+
+async def publish(
+    sfu: Sfu,
+    peer_id: str,
+    tracks: Sequence[MediaStreamTrack],
+    video_codec: str = "video/VP8",
+) -> tuple[LoopbackPeerConnection, list[TrackInfo]]:
+    """Publish ``tracks`` into the SFU from a new aiortc peer; returns it and the producers."""
+    pc = LoopbackPeerConnection()
+    for track in tracks:
+        transceiver = pc.addTransceiver(track, direction="sendonly")
+        if track.kind == "video":
+            transceiver.setCodecPreferences(
+                [
+                    c
+                    for c in RTCRtpSender.getCapabilities("video").codecs
+                    if c.mimeType.lower() in (video_codec.lower(), "video/rtx")
+                ]
+            )
+    await pc.setLocalDescription(await pc.createOffer())
+    answer, producers = await sfu.publish(peer_id, pc.localDescription.sdp)
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    return pc, producers
+
+
+@dataclass
+class ReceivedTrack:
+    """What a subscriber decoded on one track."""
+
+    kind: str
+    frames: int = 0
+    width: int = 0
+    height: int = 0
+    first_frame_at: float | None = None
+    arrivals: list[float] = field(default_factory=list)
+
+    def longest_gap(self, since: float = 0.0) -> float:
+        """Longest time between consecutive decoded frames after ``since``."""
+        times = [t for t in self.arrivals if t >= since]
+        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+
+
+class Subscriber:
+    """A decoding aiortc subscriber: the SFU offers, it answers."""
+
+    def __init__(self, sfu: Sfu, peer_id: str) -> None:
+        self.sfu = sfu
+        self.id = peer_id
+        self.pc = LoopbackPeerConnection()
+        self.tracks: list[ReceivedTrack] = []
+        self.consumers: list[TrackInfo] = []
+        self.started_at = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        self.pc.on("track", self._on_track)
+
+    async def connect(self, sources: Sequence[str]) -> None:
+        self.started_at = time.monotonic()
+        offer, self.consumers = await self.sfu.subscribe(self.id, list(sources))
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        await self.sfu.answer(self.id, self.pc.localDescription.sdp)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        received = ReceivedTrack(track.kind)
+        self.tracks.append(received)
+        self._tasks.append(asyncio.ensure_future(self._consume(track, received)))
+
+    async def _consume(self, track: MediaStreamTrack, received: ReceivedTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                if received.first_frame_at is None:
+                    received.first_frame_at = now
+                received.frames += 1
+                received.arrivals.append(now)
+                if track.kind == "video":
+                    received.width, received.height = frame.width, frame.height
+
+    def track(self, kind: str) -> ReceivedTrack:
+        for received in self.tracks:
+            if received.kind == kind:
+                return received
+        return ReceivedTrack(kind)
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,85 @@
+"""Synthetic media sources: a moving test pattern and a tone.
+
+The video is a surgical-style test card drawn with numpy/OpenCV: a moving
+bar and disc over a gradient, with the frame number printed on it, so that
+a decoded picture shows motion and which frame it is. The audio is a
+440 Hz tone with a 1 s on / 1 s off cadence (so audio levels change).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import math
+import time
+
+import cv2
+import numpy as np
+from aiortc import VideoStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame, VideoFrame
+
+AUDIO_RATE = 48000
+AUDIO_PTIME = 0.020
+
+
+class PatternVideoTrack(VideoStreamTrack):
+    """A moving test pattern of a given size at 30 fps (yuv420p frames)."""
+
+    def __init__(self, width: int = 640, height: int = 360) -> None:
+        super().__init__()
+        self.width = width
+        self.height = height
+        self.frames = 0
+        y = np.linspace(40, 120, height, dtype=np.uint8)[:, None]
+        self._background = np.repeat(np.repeat(y, width, axis=1)[:, :, None], 3, axis=2)
+
+    async def recv(self) -> VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        image = self._background.copy()
+        n = self.frames
+        x = (n * 7) % self.width
+        cv2.rectangle(image, (x, 0), (min(x + self.width // 12, self.width - 1), self.height - 1),
+                      (40, 40, 200), -1)
+        cx = int(self.width / 2 + self.width / 4 * math.cos(n / 15))
+        cy = int(self.height / 2 + self.height / 4 * math.sin(n / 15))
+        cv2.circle(image, (cx, cy), max(4, self.height // 10), (200, 200, 240), -1)
+        cv2.putText(image, f"{n:06d}", (8, max(16, self.height // 8)),
+                    cv2.FONT_HERSHEY_SIMPLEX, max(0.4, self.height / 360), (255, 255, 255), 2)
+        self.frames += 1
+        frame = VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p")
+        frame.pts = pts
+        frame.time_base = time_base
+        return frame
+
+
+class ToneAudioTrack(MediaStreamTrack):
+    """A 440 Hz tone, one second on and one second off, mono s16 at 48 kHz."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._samples = 0
+        self._start: float | None = None
+        self._chunk = int(AUDIO_RATE * AUDIO_PTIME)
+        self._time_base = fractions.Fraction(1, AUDIO_RATE)
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.time()
+        else:
+            await asyncio.sleep(self._start + self._samples / AUDIO_RATE - time.time())
+        start = self._samples
+        self._samples += self._chunk
+        samples = np.zeros(self._chunk, dtype=np.int16)
+        if (start // AUDIO_RATE) % 2 == 0:
+            t = np.arange(start, start + self._chunk) / AUDIO_RATE
+            samples = (np.sin(2 * math.pi * 440 * t) * 8000).astype(np.int16)
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = start
+        frame.time_base = self._time_base
+        return frame

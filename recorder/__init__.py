@@ -1,0 +1,1 @@
+"""Telebridge recorder package (see its issue; empty until then)."""

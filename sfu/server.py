@@ -1,0 +1,569 @@
+"""The SFU's command API: publish, subscribe, answer, set source, unsubscribe,
+request keyframe, close, stats — addressed by ids.
+
+Signaling drives this API; tests drive it directly. One :class:`Sfu` owns a
+:class:`sfu.router.Router` (the sans-I/O core) and one aiortc peer
+connection per publisher or subscriber:
+
+* a *publisher* peer offers (``publish``): every audio/video m-section it
+  sends becomes a producer with id ``"<peer id>:<mid>"``;
+* a *subscriber* peer is offered to (``subscribe`` returns the SFU's offer,
+  ``answer`` applies the subscriber's answer): every source asked for becomes
+  a send-only m-section and a consumer with id ``"<peer id>:<mid>"``.
+
+Timers: one task polls the router every ``poll_interval`` (NACK retries,
+deferred keyframe requests) and every ``rtcp_interval`` sends sender
+reports to subscribers, receiver reports to publishers, and reaps peers
+that went silent for ``peer_timeout`` seconds or whose connection failed.
+No timer or task exists per packet or per peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
+from aiortc.rtcpeerconnection import is_codec_compatible
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecParameters,
+    RTCRtpReceiveParameters,
+    RTCRtpSendParameters,
+)
+
+from sfu import rtcp
+from sfu.codecs import codec_info
+from sfu.router import Consumer, Layout, Producer, Router, RouterConfig
+from sfu.rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, RtpError, parse
+from sfu.transport import ForwardingPeerConnection, PeerSink
+
+logger = logging.getLogger(__name__)
+
+
+class SfuError(Exception):
+    """A command that cannot be carried out; ``code`` is stable for clients."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class SfuConfig:
+    """Media-plane settings (the ``[sfu]`` table of the config file)."""
+
+    #: Addresses offered as ICE host candidates.
+    candidate_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    router: RouterConfig = field(default_factory=RouterConfig)
+    poll_interval: float = 0.02
+    rtcp_interval: float = 1.0
+    #: A peer that sent nothing (RTP, RTCP) for this long is closed.
+    peer_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class TrackInfo:
+    """A producer or consumer as the command API names it."""
+
+    id: str
+    kind: str
+    codec: str
+    source: str | None = None
+
+
+@dataclass(slots=True)
+class Peer:
+    id: str
+    role: str  # "publisher" | "subscriber"
+    pc: ForwardingPeerConnection
+    sink: PeerSink
+    created: float
+    last_activity: float
+    producers: dict[str, Producer] = field(default_factory=dict)  # by mid
+    by_ssrc: dict[int, Producer] = field(default_factory=dict)
+    mid_ext_id: int | None = None
+    sources: dict[str, str | None] = field(default_factory=dict)  # subscriber: mid -> source
+    consumers: dict[int, Consumer] = field(default_factory=dict)  # by SSRC
+    unknown_ssrc: int = 0
+    malformed_rtcp: int = 0
+    closing: bool = False
+
+
+class Sfu:
+    """The media plane of one process."""
+
+    def __init__(self, config: SfuConfig | None = None, clock: Callable[[], float] = time.time):
+        self.config = config or SfuConfig()
+        self.router = Router(self.config.router)
+        self.peers: dict[str, Peer] = {}
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        #: The negotiated codec of each producer, to offer it to subscribers.
+        self._negotiated: dict[str, RTCRtpCodecParameters] = {}
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run_timers())
+
+    async def stop(self) -> None:
+        for peer_id in list(self.peers):
+            await self.close(peer_id)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def __aenter__(self) -> Sfu:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --------------------------------------------------------------- commands
+
+    async def publish(self, peer_id: str, offer_sdp: str) -> tuple[str, list[TrackInfo]]:
+        """Accept a publisher's offer; returns the SFU's answer and the new producers."""
+        peer = self._new_peer(peer_id, "publisher")
+        try:
+            await peer.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            answer = await peer.pc.createAnswer()
+            await peer.pc.setLocalDescription(answer)
+        except SfuError:
+            await self.close(peer_id)
+            raise
+        except Exception as exc:
+            await self.close(peer_id)
+            raise SfuError("invalid-sdp", f"cannot negotiate the offer: {exc}") from exc
+        now = self._clock()
+        tracks: list[TrackInfo] = []
+        for transceiver in peer.pc.getTransceivers():
+            if transceiver.currentDirection not in ("recvonly", "sendrecv"):
+                continue
+            producer = self._make_producer(peer, transceiver)
+            if producer is None:
+                continue
+            self.router.add_producer(producer)
+            self._negotiated[producer.id] = transceiver._codecs[0]
+            peer.producers[str(transceiver.mid)] = producer
+            tracks.append(TrackInfo(producer.id, producer.kind, producer.codec.mime_type))
+        peer.last_activity = now
+        if not tracks:
+            await self.close(peer_id)
+            raise SfuError("no-media", "the offer sends no audio or video the SFU can forward")
+        return peer.pc.localDescription.sdp, tracks
+
+    async def subscribe(self, peer_id: str, sources: list[str]) -> tuple[str, list[TrackInfo]]:
+        """Create a subscriber with one send-only track per source; returns the SFU's offer."""
+        producers = []
+        for source in sources:
+            producer = self.router.producers.get(source)
+            if producer is None:
+                raise SfuError("unknown-track", f"no published track {source!r}")
+            producers.append(producer)
+        if not producers:
+            raise SfuError("no-media", "nothing to subscribe to")
+        peer = self._new_peer(peer_id, "subscriber")
+        tracks: list[TrackInfo] = []
+        for producer in producers:
+            transceiver = peer.pc.addTransceiver(producer.kind, direction="sendonly")
+            transceiver.setCodecPreferences(
+                _codec_preferences(producer, self._negotiated[producer.id])
+            )
+            transceiver.sender._stream_id = producer.id.rsplit(":", 1)[0]
+            tracks.append(TrackInfo("", producer.kind, producer.codec.mime_type, producer.id))
+        offer = await peer.pc.createOffer()
+        await peer.pc.setLocalDescription(offer)
+        named: list[TrackInfo] = []
+        for transceiver, track in zip(peer.pc.getTransceivers(), tracks, strict=True):
+            peer.sources[str(transceiver.mid)] = track.source
+            named.append(
+                TrackInfo(f"{peer_id}:{transceiver.mid}", track.kind, track.codec, track.source)
+            )
+        return peer.pc.localDescription.sdp, named
+
+    async def answer(self, peer_id: str, answer_sdp: str) -> None:
+        """Apply a subscriber's answer to the SFU's offer."""
+        peer = self._peer(peer_id)
+        if peer.role != "subscriber":
+            raise SfuError("wrong-state", "only subscribers answer")
+        try:
+            await peer.pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
+        except Exception as exc:
+            raise SfuError("invalid-sdp", f"cannot apply the answer: {exc}") from exc
+
+    def set_source(self, consumer_id: str, producer_id: str) -> None:
+        """Feed a subscriber's track from another producer, switching at a keyframe."""
+        if consumer_id not in self.router.consumers:
+            raise SfuError("unknown-track", f"no subscribed track {consumer_id!r}")
+        if producer_id not in self.router.producers:
+            raise SfuError("unknown-track", f"no published track {producer_id!r}")
+        try:
+            self.router.set_source(consumer_id, producer_id, self._clock())
+        except ValueError as exc:
+            raise SfuError("kind-mismatch", str(exc)) from exc
+
+    def unsubscribe(self, consumer_id: str) -> None:
+        """Stop forwarding to one subscribed track (its subscriber gets an RTCP BYE)."""
+        consumer = self.router.consumers.get(consumer_id)
+        if consumer is None:
+            raise SfuError("unknown-track", f"no subscribed track {consumer_id!r}")
+        self.router.remove_consumer(consumer_id, self._clock())
+        peer = self.peers.get(consumer_id.rsplit(":", 1)[0])
+        if peer is not None:
+            peer.consumers.pop(consumer.ssrc, None)
+
+    def request_keyframe(self, producer_id: str) -> bool:
+        """Ask a publisher for a keyframe (throttled); True if a PLI went out now."""
+        if producer_id not in self.router.producers:
+            raise SfuError("unknown-track", f"no published track {producer_id!r}")
+        return self.router.request_keyframe(producer_id, self._clock())
+
+    async def close(self, peer_id: str) -> None:
+        """Close a peer: its producers stop (consumers idle), its consumers say BYE."""
+        peer = self.peers.pop(peer_id, None)
+        if peer is None:
+            return
+        peer.closing = True
+        now = self._clock()
+        for producer in peer.producers.values():
+            self.router.remove_producer(producer.id, now)
+            self._negotiated.pop(producer.id, None)
+        for consumer in list(peer.consumers.values()):
+            self.router.remove_consumer(consumer.id, now)
+        peer.sink.close()
+        await peer.pc.close()
+
+    def active_speaker(self, window: float = 1.0) -> str | None:
+        """The producer id of the loudest recent audio track (RFC 6464 levels)."""
+        producer = self.router.active_speaker(self._clock(), window)
+        return producer.id if producer is not None else None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of every peer, producer and consumer (for metrics and tests)."""
+        now = self._clock()
+        producers = []
+        for p in self.router.producers.values():
+            level = p.audio_level if p.audio_level and now - p.audio_level_time < 1 else None
+            producers.append(
+                {
+                    "id": p.id,
+                    "kind": p.kind,
+                    "codec": p.codec.mime_type,
+                    "consumers": len(p.consumers),
+                    "audio_level_dbov": -level[1] if level else None,
+                    "keyframe_requests": p.keyframe_requests.sent,
+                    **_asdict(p.stats),
+                }
+            )
+        consumers = [
+            {
+                "id": c.id,
+                "kind": c.kind,
+                "source": c.source.id if c.source else None,
+                "started": c.started,
+                "rtt_ms": round(c.rtt * 1000, 1) if c.rtt is not None else None,
+                **_asdict(c.stats),
+            }
+            for c in self.router.consumers.values()
+        ]
+        return {
+            "publishers": sum(1 for p in self.peers.values() if p.role == "publisher"),
+            "subscribers": sum(1 for p in self.peers.values() if p.role == "subscriber"),
+            "keyframe_requests_sent": self.router.keyframe_requests_sent,
+            "send_dropped": sum(p.sink.dropped for p in self.peers.values()),
+            "send_errors": sum(p.sink.errors for p in self.peers.values()),
+            "unknown_ssrc": sum(p.unknown_ssrc for p in self.peers.values()),
+            "malformed_rtcp": sum(p.malformed_rtcp for p in self.peers.values()),
+            "producers": producers,
+            "consumers": consumers,
+        }
+
+    # --------------------------------------------------------------- peers
+
+    def _peer(self, peer_id: str) -> Peer:
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            raise SfuError("unknown-peer", f"no peer {peer_id!r}")
+        return peer
+
+    def _new_peer(self, peer_id: str, role: str) -> Peer:
+        if peer_id in self.peers:
+            raise SfuError("peer-exists", f"peer {peer_id!r} exists")
+        if ":" in peer_id:
+            raise SfuError("invalid-id", "peer ids cannot contain ':'")
+        holder: list[Peer] = []
+
+        def on_rtp(data: bytes) -> None:
+            self._on_rtp(holder[0], data)
+
+        def on_rtcp(data: bytes) -> None:
+            self._on_rtcp(holder[0], data)
+
+        def on_sender_ready(sender: RTCRtpSender, params: RTCRtpSendParameters) -> None:
+            self._on_sender_ready(holder[0], sender, params)
+
+        def on_receiver_ready(receiver: RTCRtpReceiver, params: RTCRtpReceiveParameters) -> None:
+            self._on_receiver_ready(holder[0], params)
+
+        pc = ForwardingPeerConnection(
+            self.config.candidate_addresses, on_rtp, on_rtcp, on_sender_ready, on_receiver_ready
+        )
+        now = self._clock()
+        peer = Peer(peer_id, role, pc, PeerSink(pc), now, now)
+        holder.append(peer)
+        self.peers[peer_id] = peer
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if pc.connectionState == "connected":
+                peer.sink.bind()
+            elif pc.connectionState in ("failed", "closed") and not peer.closing:
+                logger.info("peer %s connection %s: closing", peer.id, pc.connectionState)
+                self._close_later(peer.id)
+
+        return peer
+
+    def _close_later(self, peer_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.close(peer_id))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _make_producer(self, peer: Peer, transceiver: Any) -> Producer | None:
+        codecs: list[RTCRtpCodecParameters] = transceiver._codecs
+        if not codecs:
+            return None
+        primary = codecs[0]
+        info = codec_info(primary.mimeType)
+        if info is None or primary.payloadType is None:
+            return None
+        ext_ids = {e.uri: e.id for e in transceiver._headerExtensions}
+        peer.mid_ext_id = ext_ids.get(URI_MID)
+        return Producer(
+            producer_id=f"{peer.id}:{transceiver.mid}",
+            codec=info,
+            payload_type=primary.payloadType,
+            ssrc=None,
+            sink=peer.sink,
+            rtcp_ssrc=transceiver.sender._ssrc,
+            config=self.router.config,
+            rtx_payload_type=_rtx_payload_type(codecs, primary.payloadType),
+            audio_level_ext_id=ext_ids.get(URI_AUDIO_LEVEL),
+            abs_send_time_ext_id=ext_ids.get(URI_ABS_SEND_TIME),
+        )
+
+    def _on_receiver_ready(self, peer: Peer, params: RTCRtpReceiveParameters) -> None:
+        peer.sink.bind()
+        producer = peer.producers.get(params.muxId)
+        if producer is None:
+            return
+        for encoding in params.encodings:
+            if encoding.ssrc:
+                peer.by_ssrc[encoding.ssrc] = producer
+            if encoding.rtx and encoding.rtx.ssrc:
+                peer.by_ssrc[encoding.rtx.ssrc] = producer
+
+    def _on_sender_ready(
+        self, peer: Peer, sender: RTCRtpSender, params: RTCRtpSendParameters
+    ) -> None:
+        peer.sink.bind()
+        if peer.closing or not params.codecs:
+            return
+        mid = params.muxId
+        source = peer.sources.get(mid)
+        ext_ids = {e.uri: e.id for e in params.headerExtensions}
+        primary = params.codecs[0]
+        if primary.payloadType is None:
+            return
+        rtx_pt = _rtx_payload_type(params.codecs, primary.payloadType)
+        consumer = Consumer(
+            id=f"{peer.id}:{mid}",
+            kind=sender.kind,
+            ssrc=sender._ssrc,
+            sink=peer.sink,
+            layout=Layout(
+                payload_type=primary.payloadType,
+                mid=mid,
+                mid_ext_id=ext_ids.get(URI_MID),
+                audio_level_ext_id=ext_ids.get(URI_AUDIO_LEVEL),
+                abs_send_time_ext_id=ext_ids.get(URI_ABS_SEND_TIME),
+            ),
+            initial_seq=random.randrange(0x8000),
+            initial_timestamp=random.randrange(1 << 32),
+            rtx_payload_type=rtx_pt,
+            rtx_ssrc=sender._rtx_ssrc if rtx_pt is not None else None,
+            cname=params.rtcp.cname or "telebridge",
+        )
+        now = self._clock()
+        consumer.last_rtcp = now
+        peer.consumers[consumer.ssrc] = consumer
+        if consumer.rtx_ssrc is not None:
+            peer.consumers[consumer.rtx_ssrc] = consumer
+        live_source = source if source in self.router.producers else None
+        self.router.add_consumer(consumer, live_source, now)
+
+    # ------------------------------------------------------------ data path
+
+    def _on_rtp(self, peer: Peer, data: bytes) -> None:
+        now = self._clock()
+        peer.last_activity = now
+        if len(data) < 12:
+            peer.unknown_ssrc += 1
+            return
+        producer = peer.by_ssrc.get(int.from_bytes(data[8:12], "big"))
+        if producer is None:
+            producer = self._learn_ssrc(peer, data)
+            if producer is None:
+                peer.unknown_ssrc += 1
+                return
+        self.router.on_rtp(producer, data, now)
+
+    def _learn_ssrc(self, peer: Peer, data: bytes) -> Producer | None:
+        """Route a new SSRC by its MID header extension, else by a unique payload type."""
+        if peer.role != "publisher":
+            return None
+        try:
+            header = parse(data)
+        except RtpError:
+            return None
+        producer: Producer | None = None
+        if peer.mid_ext_id is not None and peer.mid_ext_id in header.extensions:
+            pos, length = header.extensions[peer.mid_ext_id]
+            producer = peer.producers.get(data[pos : pos + length].decode("ascii", "replace"))
+        if producer is None:
+            matches = [
+                p
+                for p in peer.producers.values()
+                if header.payload_type in (p.payload_type, p.rtx_payload_type)
+            ]
+            producer = matches[0] if len(matches) == 1 else None
+        if producer is not None:
+            peer.by_ssrc[header.ssrc] = producer
+        return producer
+
+    def _on_rtcp(self, peer: Peer, data: bytes) -> None:
+        now = self._clock()
+        peer.last_activity = now
+        result = rtcp.parse_compound(data)
+        peer.malformed_rtcp += result.malformed
+        router = self.router
+        for packet in result.packets:
+            if isinstance(packet, rtcp.SenderReport):
+                producer = peer.by_ssrc.get(packet.ssrc)
+                if producer is not None:
+                    router.on_sender_report(producer, packet, now)
+                if packet.reports:
+                    self._subscriber_reports(peer, packet, now)
+            elif isinstance(packet, rtcp.ReceiverReport):
+                self._subscriber_reports(peer, packet, now)
+            elif isinstance(packet, rtcp.Nack | rtcp.Pli):
+                consumer = peer.consumers.get(packet.media_ssrc)
+                if consumer is not None:
+                    router.on_subscriber_rtcp(consumer, packet, now)
+            elif isinstance(packet, rtcp.Fir):
+                for ssrc, _seq in packet.entries:
+                    consumer = peer.consumers.get(ssrc)
+                    if consumer is not None:
+                        router.on_subscriber_rtcp(consumer, packet, now)
+
+    def _subscriber_reports(
+        self, peer: Peer, packet: rtcp.ReceiverReport | rtcp.SenderReport, now: float
+    ) -> None:
+        seen: set[int] = set()
+        for block in packet.reports:
+            consumer = peer.consumers.get(block.ssrc)
+            if consumer is not None and id(consumer) not in seen:
+                seen.add(id(consumer))
+                self.router.on_subscriber_rtcp(consumer, packet, now)
+
+    # ---------------------------------------------------------------- timers
+
+    async def _run_timers(self) -> None:
+        next_rtcp = self._clock() + self.config.rtcp_interval
+        while True:
+            await asyncio.sleep(self.config.poll_interval)
+            now = self._clock()
+            try:
+                self.router.poll(now)
+                if now >= next_rtcp:
+                    # RFC 3550 §6.3.5: randomize the interval (0.5 to 1.5 times).
+                    next_rtcp = now + self.config.rtcp_interval * (0.5 + random.random())
+                    self._send_reports(now)
+                    self._reap(now)
+            except Exception:  # a bug here must not stop every peer's timers
+                logger.exception("SFU timer failed")
+
+    def _send_reports(self, now: float) -> None:
+        for peer in self.peers.values():
+            peer.sink.bind()
+            if peer.role == "subscriber":
+                for consumer in {id(c): c for c in peer.consumers.values()}.values():
+                    report = self.router.sender_report(consumer, now)
+                    if report is not None:
+                        peer.sink.send_rtcp(report)
+            else:
+                for producer in peer.producers.values():
+                    report = self.router.receiver_report(producer, now)
+                    if report is not None:
+                        peer.sink.send_rtcp(report)
+
+    def _reap(self, now: float) -> None:
+        timeout = self.config.peer_timeout
+        for peer in list(self.peers.values()):
+            if peer.closing or now - peer.last_activity <= timeout:
+                continue
+            if peer.pc.connectionState in ("new", "connecting") and now - peer.created <= timeout:
+                continue
+            logger.info("peer %s silent for %.1f s: closing", peer.id, now - peer.last_activity)
+            self._close_later(peer.id)
+
+
+def _rtx_payload_type(codecs: list[RTCRtpCodecParameters], payload_type: int) -> int | None:
+    """The RTX payload type (RFC 4588 §8.6, ``apt``) paired with ``payload_type``."""
+    for codec in codecs:
+        if (
+            codec.mimeType.lower().endswith("/rtx")
+            and codec.parameters.get("apt") == payload_type
+            and codec.payloadType is not None
+        ):
+            return codec.payloadType
+    return None
+
+
+def _codec_preferences(producer: Producer, negotiated: RTCRtpCodecParameters) -> list[Any]:
+    """aiortc capabilities matching the producer's codec (and RTX for video).
+
+    Only codecs aiortc can negotiate are forwarded: VP8, H.264 constrained
+    baseline / baseline with packetization-mode 1, and Opus.
+    """
+    capabilities = RTCRtpSender.getCapabilities(producer.kind).codecs
+    chosen = [
+        c
+        for c in capabilities
+        if not c.mimeType.lower().endswith("/rtx")
+        and is_codec_compatible(
+            RTCRtpCodecParameters(c.mimeType, c.clockRate, c.channels, parameters=c.parameters),
+            negotiated,
+        )
+    ][:1]
+    if not chosen:
+        raise SfuError("codec-unsupported", f"cannot offer {producer.codec.mime_type}")
+    if producer.codec.is_video:
+        chosen += [c for c in capabilities if c.mimeType.lower().endswith("/rtx")]
+    return chosen
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}

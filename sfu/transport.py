@@ -1,0 +1,255 @@
+"""The thin I/O adapter on aiortc: ICE, DTLS and SRTP from aiortc, RTP/RTCP from us.
+
+aiortc 1.16 has no public raw-RTP API, so this module uses its private hooks
+(pinned by ``aiortc==1.16.*``; ``tests/test_aiortc_hooks.py`` fails when
+one moves). A :class:`ForwardingPeerConnection` is an ``RTCPeerConnection``
+whose
+
+* DTLS transports hand decrypted RTP/RTCP straight to callbacks
+  (``_handle_rtp_data``/``_handle_rtcp_data`` overridden): no ``RtpPacket``
+  parse, no jitter buffer, no decoder thread;
+* RTP senders and receivers start no encoder, RTP loop, RTCP loop or decoder
+  (``send``/``receive`` only report the negotiated parameters);
+* ICE gatherers offer host candidates on the configured addresses only.
+
+:class:`PeerSink` is the fast send path: SRTP protect with the DTLS
+transport's session and one ``sendto`` on a duplicate of the nominated
+pair's socket, synchronously; a full socket buffer drops the packet (and
+counts it) instead of queueing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pylibsrtp
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+)
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
+
+logger = logging.getLogger(__name__)
+
+RtpCallback = Callable[[bytes], None]
+SenderReady = Callable[[RTCRtpSender, RTCRtpSendParameters], None]
+ReceiverReady = Callable[[RTCRtpReceiver, RTCRtpReceiveParameters], None]
+
+#: Socket send buffer asked for each peer socket: room for a replayed
+#: group of pictures (about one second of a 4 Mbit/s feed) without drops.
+SEND_BUFFER_BYTES = 1 << 20
+
+
+class ForwardingDtlsTransport(RTCDtlsTransport):
+    """DTLS transport whose decrypted RTP and RTCP go to plain callbacks."""
+
+    _on_rtp: RtpCallback
+    _on_rtcp: RtpCallback
+
+    async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
+        self._on_rtp(data)
+
+    async def _handle_rtcp_data(self, data: bytes) -> None:
+        self._on_rtcp(data)
+
+
+class ForwardingSender(RTCRtpSender):
+    """An RTP sender that sends nothing by itself: the SFU writes its packets."""
+
+    _on_ready: SenderReady | None = None
+    _forwarding_started = False
+
+    async def send(self, parameters: RTCRtpSendParameters) -> None:
+        if self._forwarding_started:
+            return
+        self._forwarding_started = True
+        if self._on_ready is not None:
+            self._on_ready(self, parameters)
+
+    async def stop(self) -> None:
+        self._on_ready = None
+
+
+class ForwardingReceiver(RTCRtpReceiver):
+    """An RTP receiver with no decoder thread, jitter buffer or RTCP loop."""
+
+    _on_ready: ReceiverReady | None = None
+    _forwarding_started = False
+
+    async def receive(self, parameters: RTCRtpReceiveParameters) -> None:
+        if self._forwarding_started:
+            return
+        self._forwarding_started = True
+        if self._on_ready is not None:
+            self._on_ready(self, parameters)
+
+    async def stop(self) -> None:
+        self._on_ready = None
+
+    def _handle_disconnect(self) -> None:
+        pass
+
+
+class ForwardingPeerConnection(RTCPeerConnection):
+    """An ``RTCPeerConnection`` whose media is handled by the SFU, not by aiortc."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        on_rtp: RtpCallback,
+        on_rtcp: RtpCallback,
+        on_sender_ready: SenderReady,
+        on_receiver_ready: ReceiverReady,
+    ) -> None:
+        self._addresses = list(addresses)
+        self._on_rtp = on_rtp
+        self._on_rtcp = on_rtcp
+        self._on_sender_ready = on_sender_ready
+        self._on_receiver_ready = on_receiver_ready
+        super().__init__(
+            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
+
+    def _RTCPeerConnection__createDtlsTransport(self) -> RTCDtlsTransport:
+        dtls: RTCDtlsTransport = super()._RTCPeerConnection__createDtlsTransport()  # type: ignore[misc]
+        dtls.__class__ = ForwardingDtlsTransport
+        assert isinstance(dtls, ForwardingDtlsTransport)
+        dtls._on_rtp = self._on_rtp
+        dtls._on_rtcp = self._on_rtcp
+        restrict_host_candidates(dtls.transport.iceGatherer._connection, self._addresses)
+        return dtls
+
+    def _RTCPeerConnection__createTransceiver(
+        self, direction: str, kind: str, sender_track: Any = None
+    ) -> Any:
+        transceiver = super()._RTCPeerConnection__createTransceiver(  # type: ignore[misc]
+            direction, kind, sender_track
+        )
+        dtls = transceiver.receiver.transport
+        sender = ForwardingSender(kind, dtls)
+        sender._stream_id = transceiver.sender._stream_id
+        sender._on_ready = self._on_sender_ready
+        receiver = ForwardingReceiver(kind, dtls)
+        receiver._set_rtcp_ssrc(sender._ssrc)
+        receiver._on_ready = self._on_receiver_ready
+        transceiver._RTCRtpTransceiver__sender = sender
+        transceiver._RTCRtpTransceiver__receiver = receiver
+        return transceiver
+
+
+def restrict_host_candidates(connection: Any, addresses: list[str]) -> None:
+    """Make one aioice connection gather host candidates on ``addresses`` only.
+
+    aioice gathers on every interface except loopback; a server names the
+    addresses its clients can reach (``[sfu] candidate_addresses``).
+    """
+
+    async def gather_candidates() -> None:
+        if connection._local_candidates_start:
+            return
+        connection._local_candidates_start = True
+        for component in sorted(connection._components):
+            connection._local_candidates += await connection.get_component_candidates(
+                component=component, addresses=addresses
+            )
+        connection._local_candidates_end = True
+
+    connection.gather_candidates = gather_candidates
+
+
+class PeerSink:
+    """Protects and sends a peer's RTP/RTCP synchronously (the SFU's fast path)."""
+
+    def __init__(self, pc: ForwardingPeerConnection) -> None:
+        self._pc = pc
+        self._dtls: Any = None
+        self._sock: socket.socket | None = None
+        self._sock_source = -1
+        self._addr: tuple[str, int] | None = None
+        self._protect: Callable[[bytes], bytes] | None = None
+        self._protect_rtcp: Callable[[bytes], bytes] | None = None
+        self.sent_packets = 0
+        self.sent_bytes = 0
+        self.dropped = 0
+        self.errors = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._sock is not None
+
+    def bind(self) -> bool:
+        """Attach to the connected DTLS transport's SRTP session and selected pair.
+
+        Called when DTLS is up and again periodically (the selected pair can
+        change); returns False while not connected.
+        """
+        transceivers = self._pc.getTransceivers()
+        if not transceivers:
+            return False
+        dtls = transceivers[0].receiver.transport
+        if dtls.state != "connected" or dtls._tx_srtp is None:
+            return False
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            return False
+        transport_sock = pair.protocol.transport.get_extra_info("socket")
+        if transport_sock is None:
+            return False
+        if self._dtls is not dtls:
+            self._dtls = dtls
+            self._protect = dtls._tx_srtp.protect
+            self._protect_rtcp = dtls._tx_srtp.protect_rtcp
+        fileno = transport_sock.fileno()
+        if self._sock is None or self._sock_source != fileno:
+            self.close()
+            sock = socket.socket(fileno=os.dup(fileno))
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+            self._sock = sock
+            self._sock_source = fileno
+        self._addr = pair.remote_addr
+        return True
+
+    def send_rtp(self, packet: bytes) -> None:
+        sock = self._sock
+        if sock is None or self._protect is None:
+            self.dropped += 1
+            return
+        try:
+            data = self._protect(packet)
+            sock.sendto(data, self._addr)  # type: ignore[arg-type]
+        except BlockingIOError:
+            self.dropped += 1
+            return
+        except (OSError, pylibsrtp.Error):
+            self.errors += 1
+            return
+        self.sent_packets += 1
+        self.sent_bytes += len(data)
+
+    def send_rtcp(self, packet: bytes) -> None:
+        sock = self._sock
+        if sock is None or self._protect_rtcp is None:
+            self.dropped += 1
+            return
+        try:
+            sock.sendto(self._protect_rtcp(packet), self._addr)  # type: ignore[arg-type]
+        except BlockingIOError:
+            self.dropped += 1
+        except (OSError, pylibsrtp.Error):
+            self.errors += 1
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -1,0 +1,1 @@
+"""Telebridge signaling package (see its issue; empty until then)."""
