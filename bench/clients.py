@@ -83,6 +83,13 @@ class ReceivedTrack:
         times = [t for t in self.arrivals if t >= since]
         return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
 
+    def frozen_time(self, threshold: float = 0.2) -> float:
+        """Total time spent in gaps longer than ``threshold`` between decoded frames."""
+        times = self.arrivals
+        return sum(
+            b - a for a, b in zip(times, times[1:], strict=False) if b - a > threshold
+        )
+
 
 class Subscriber:
     """A decoding aiortc subscriber: the SFU offers, it answers."""

@@ -125,7 +125,9 @@ class ForwardingPeerConnection(RTCPeerConnection):
         assert isinstance(dtls, ForwardingDtlsTransport)
         dtls._on_rtp = self._on_rtp
         dtls._on_rtcp = self._on_rtcp
-        restrict_host_candidates(dtls.transport.iceGatherer._connection, self._addresses)
+        connection = dtls.transport.iceGatherer._connection
+        restrict_host_candidates(connection, self._addresses)
+        drop_empty_datagrams(connection)
         return dtls
 
     def _RTCPeerConnection__createTransceiver(
@@ -164,6 +166,23 @@ def restrict_host_candidates(connection: Any, addresses: list[str]) -> None:
         connection._local_candidates_end = True
 
     connection.gather_candidates = gather_candidates
+
+
+def drop_empty_datagrams(connection: Any) -> None:
+    """Discard zero-length datagrams before aiortc's DTLS transport sees them.
+
+    aiortc 1.16 reads ``data[0]`` of every datagram: an empty UDP datagram
+    from anyone who knows the port raises ``IndexError`` there and ends the
+    whole peer connection. Nothing legitimate is ever empty (RFC 7983 §7
+    demultiplexes on the first byte).
+    """
+    deliver = connection.data_received
+
+    def data_received(data: bytes, component: int) -> None:
+        if data:
+            deliver(data, component)
+
+    connection.data_received = data_received
 
 
 class PeerSink:

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from aiortc import RTCSessionDescription
 
 from bench.clients import Subscriber, publish
 from bench.synthetic import PatternVideoTrack, ToneAudioTrack
@@ -61,6 +62,232 @@ async def test_five_subscribers_decode_forwarded_audio_and_video(sfu: Sfu, codec
         assert stats["subscribers"] == 5 and stats["publishers"] == 1
         for consumer in stats["consumers"]:
             assert consumer["packets"] > 0
+    finally:
+        for s in subs:
+            await s.close()
+        await pub.close()
+
+
+def make_lossy(subscriber: Subscriber, rate: float, seed: int = 7) -> list[int]:
+    """Drop ``rate`` of the SRTP (media) datagrams arriving at a subscriber.
+
+    Wraps the subscriber's ICE transport receive, so DTLS and RTCP are kept and
+    the loss happens before decryption, as on a real link. Returns a counter.
+    """
+    import random
+
+    rng = random.Random(seed)
+    dropped = [0]
+    ice = subscriber.pc.getTransceivers()[0].receiver.transport.transport
+    original = ice._recv
+
+    async def lossy_recv() -> bytes:
+        while True:
+            data: bytes = await original()
+            is_srtp = 127 < data[0] < 192
+            is_rtcp = len(data) > 1 and 192 <= data[1] <= 223
+            if is_srtp and not is_rtcp and rng.random() < rate:
+                dropped[0] += 1
+                continue
+            return data
+
+    ice._recv = lossy_recv
+    return dropped
+
+
+async def test_lossy_subscriber_recovers_by_nack_without_disturbing_others(sfu: Sfu) -> None:
+    pub, producers = await publish(sfu, "pub", [PatternVideoTrack(WIDTH, HEIGHT)])
+    clean = [Subscriber(sfu, f"clean{i}") for i in range(2)]
+    lossy = Subscriber(sfu, "lossy")
+    try:
+        sources = [producers[0].id]
+        await asyncio.gather(*(s.connect(sources) for s in clean))
+        # The loss wrapper goes on once the transport exists, before it starts.
+        offer, lossy.consumers = await sfu.subscribe(lossy.id, sources)
+        await lossy.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        dropped = make_lossy(lossy, 0.05)
+        await lossy.pc.setLocalDescription(await lossy.pc.createAnswer())
+        await sfu.answer(lossy.id, lossy.pc.localDescription.sdp)
+        await asyncio.sleep(8)
+        clean_frames = min(s.track("video").frames for s in clean)
+        video = lossy.track("video")
+        assert dropped[0] > 20, "the wrapper dropped packets"
+        # Every frame is repaired: nothing is skipped until a new keyframe.
+        assert video.frames >= 0.98 * clean_frames, (video.frames, clean_frames)
+        # No lasting freeze. aiortc's receiver NACKs a packet again only when
+        # a new gap appears, so a lost retransmission can stall it for a few
+        # hundred ms (browsers retry every RTT); the bound allows for that.
+        assert video.first_frame_at is not None
+        assert video.longest_gap(since=video.first_frame_at) < 2.0
+        assert video.frozen_time(threshold=0.2) < 2.0
+        stats = {c["id"]: c for c in sfu.stats()["consumers"]}
+        lossy_stats = stats[lossy.consumers[0].id]
+        assert lossy_stats["nacks"] > 0 and lossy_stats["retransmitted"] > 0
+        for s in clean:
+            clean_stats = stats[s.consumers[0].id]
+            assert clean_stats["retransmitted"] == 0
+            assert clean_stats["nacks"] == 0
+    finally:
+        for s in [*clean, lossy]:
+            await s.close()
+        await pub.close()
+
+
+def count_plis(publisher_pc) -> list[int]:  # type: ignore[no-untyped-def]
+    """Count the keyframe requests (PLI/FIR) that reach an aiortc publisher's video sender."""
+    from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
+
+    count = [0]
+    sender = next(t.sender for t in publisher_pc.getTransceivers() if t.kind == "video")
+    original = sender._handle_rtcp_packet
+
+    async def counting(packet):  # type: ignore[no-untyped-def]
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            count[0] += 1
+        await original(packet)
+
+    sender._handle_rtcp_packet = counting
+    return count
+
+
+async def test_late_joiner_starts_fast_and_join_storm_is_coalesced(sfu: Sfu) -> None:
+    pub, producers = await publish(sfu, "pub", [PatternVideoTrack(160, 120)])
+    plis = count_plis(pub)
+    sources = [producers[0].id]
+    first = Subscriber(sfu, "first")
+    subs: list[Subscriber] = [first]
+    try:
+        await first.connect(sources)
+        assert await wait_for(lambda: first.track("video").frames > 10, timeout=10)
+        # aiortc's VP8 encoder makes a keyframe every 3000 frames (100 s): after
+        # 2 s the cached keyframe is too old, so a late joiner needs a new one.
+        await asyncio.sleep(2.0)
+        late = Subscriber(sfu, "late")
+        subs.append(late)
+        before = plis[0]
+        await late.connect(sources)
+        assert await wait_for(lambda: late.track("video").frames > 0, timeout=5)
+        assert late.track("video").first_frame_at is not None
+        assert late.track("video").first_frame_at - late.started_at < 1.0
+        assert plis[0] - before <= 1
+        # 50 subscribers at once: the first keyframe request is answered, the
+        # joiners after it start from that cached keyframe.
+        await asyncio.sleep(1.5)
+        before = plis[0]
+        storm = [Subscriber(sfu, f"storm{i}") for i in range(50)]
+        subs.extend(storm)
+        await asyncio.gather(*(s.connect(sources) for s in storm))
+        assert await wait_for(lambda: all(s.track("video").frames > 0 for s in storm), timeout=30)
+        await asyncio.sleep(0.5)
+        assert plis[0] - before <= 3, plis[0] - before
+        assert sfu.stats()["keyframe_requests_sent"] <= plis[0]
+    finally:
+        for s in subs:
+            await s.close()
+        await pub.close()
+
+
+async def test_leaving_crashing_and_publisher_leaving_release_resources() -> None:
+    from sfu.server import SfuConfig
+
+    config = SfuConfig(candidate_addresses=["127.0.0.1"], peer_timeout=2.0, rtcp_interval=0.3)
+    async with Sfu(config) as sfu:
+        tasks_before = len(asyncio.all_tasks())
+        pub, producers = await publish(sfu, "pub", [PatternVideoTrack(160, 120), ToneAudioTrack()])
+        sources = [p.id for p in producers]
+        subs = [Subscriber(sfu, f"s{i}") for i in range(4)]
+        await asyncio.gather(*(s.connect(sources) for s in subs))
+        assert await wait_for(lambda: all(s.track("video").frames > 5 for s in subs), timeout=10)
+        assert len(sfu.peers) == 5 and len(sfu.router.consumers) == 8
+
+        # A subscriber leaves cleanly.
+        await subs[0].close()
+        assert await wait_for(lambda: "s0" not in sfu.peers, timeout=5)
+        # A subscriber crashes: its sockets vanish, no DTLS close, no BYE.
+        crashed = subs[1]
+        for transceiver in crashed.pc.getTransceivers()[:1]:
+            connection = transceiver.receiver.transport.transport._connection
+            for protocol in connection._protocols:
+                protocol.transport.close()
+        assert await wait_for(lambda: "s1" not in sfu.peers, timeout=8)
+        assert len(sfu.router.consumers) == 4
+        # The others keep receiving.
+        frames = [s.track("video").frames for s in subs[2:]]
+        await asyncio.sleep(1.0)
+        assert all(s.track("video").frames > f + 10 for s, f in zip(subs[2:], frames, strict=True))
+
+        # The publisher leaves: its producers go, subscribers' tracks stay idle.
+        await pub.close()
+        assert await wait_for(lambda: "pub" not in sfu.peers, timeout=5)
+        assert sfu.router.producers == {}
+        assert all(c.source is None for c in sfu.router.consumers.values())
+
+        for s in subs[1:]:
+            await s.close()
+        assert await wait_for(lambda: not sfu.peers, timeout=5)
+        assert sfu.router.consumers == {}
+        await asyncio.sleep(0.5)
+        # No task of the SFU or its peers outlives them (the SFU timer remains).
+        assert len(asyncio.all_tasks()) <= tasks_before
+
+
+async def test_bad_input_is_counted_and_dropped(sfu: Sfu) -> None:
+    import socket
+    import struct
+
+    pub, producers = await publish(sfu, "pub", [PatternVideoTrack(160, 120), ToneAudioTrack()])
+    subs = [Subscriber(sfu, f"s{i}") for i in range(2)]
+    try:
+        await asyncio.gather(*(s.connect([p.id for p in producers]) for s in subs))
+        assert await wait_for(lambda: all(s.track("video").frames > 5 for s in subs), timeout=10)
+        video_ssrc = next(
+            t.sender._ssrc for t in pub.getTransceivers() if t.kind == "video"
+        )
+        dtls = pub.getTransceivers()[0].sender.transport
+        send = dtls.transport._send
+
+        # Ahead of the stream, so that SRTP's replay protection lets them out.
+        seq = (sfu.router.producers[producers[0].id].cache.highest + 200) & 0xFFFF
+
+        def rtp(ssrc: int, pt: int, payload: bytes, b0: int = 0x80) -> bytes:
+            nonlocal seq
+            seq = (seq + 1) & 0xFFFF  # distinct, or the SFU's SRTP replay check drops it
+            return struct.pack("!BBHII", b0, pt, seq, 5678, ssrc) + payload
+
+        # Encrypted by the publisher's real SRTP session, so they reach the router.
+        bad_rtp = [
+            rtp(0xDEADBEEF, 77, b"\x00" * 40),  # unknown SSRC and payload type
+            rtp(video_ssrc, 96, b"\x00" * 20 + b"\xff", b0=0xA0),  # padding longer than payload
+            rtp(video_ssrc, 96, b"\xbe\xde\x00\x01\x2f\x00\x00\x00", b0=0x90),  # element overrun
+        ]
+        for packet in bad_rtp:
+            await send(dtls._tx_srtp.protect(packet))
+        bad_rtcp = [
+            struct.pack("!BBHI", 0x81, 201, 7, 1) + b"\x00" * 8,  # RR whose block is truncated
+            struct.pack("!BBHI", 0x81, 205, 2, 1) + b"\x00" * 4,  # NACK without FCI
+            struct.pack("!BBH", 0x80, 200, 0xFFFF) + b"\x00" * 4,  # length beyond the datagram
+        ]
+        for packet in bad_rtcp:
+            await send(dtls._tx_srtp.protect_rtcp(packet))
+        # Plain garbage straight at the SFU's sockets (fails SRTP/DTLS/STUN).
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for peer in sfu.peers.values():
+            pair = peer.pc.getTransceivers()[0].receiver.transport.transport._connection._nominated[1]
+            address = pair.local_candidate.host, pair.local_candidate.port
+            for junk in (b"\x80" * 3, b"\x90" + bytes(range(200)), b"\x16\xfe\xfd" + b"\x01" * 50, b""):
+                raw.sendto(junk, address)
+        raw.close()
+        await asyncio.sleep(0.5)
+        stats = sfu.stats()
+        malformed_rtp = sum(p["malformed"] for p in stats["producers"])
+        assert stats["unknown_ssrc"] >= 1
+        assert malformed_rtp >= 2
+        assert stats["malformed_rtcp"] >= 3
+        # Nobody was disturbed.
+        frames = [s.track("video").frames for s in subs]
+        await asyncio.sleep(1.0)
+        assert all(s.track("video").frames > f + 10 for s, f in zip(subs, frames, strict=True))
+        assert len(sfu.peers) == 3
     finally:
         for s in subs:
             await s.close()

@@ -1,0 +1,78 @@
+"""The ``telebridge`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from sfu import __version__
+
+
+def _size(value: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("size must look like 640x360") from None
+    if width <= 0 or height <= 0 or width % 2 or height % 2:
+        raise argparse.ArgumentTypeError("size must be positive and even")
+    return width, height
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="telebridge",
+        description="Telebridge: a WebRTC selective forwarding unit for telehealth bridges.",
+    )
+    parser.add_argument("--version", action="version", version=f"telebridge {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="forward a synthetic feed to decoding subscribers on loopback",
+        description="Publisher -> SFU -> subscribers in one process, on 127.0.0.1.",
+    )
+    demo.add_argument("--config", help="TOML config file (default: embedded defaults)")
+    demo.add_argument("--subscribers", type=int, default=3, help="number of subscribers")
+    demo.add_argument("--duration", type=float, default=10.0, help="seconds to run")
+    demo.add_argument("--codec", choices=["vp8", "h264"], default="vp8")
+    demo.add_argument("--size", type=_size, default=(640, 360), help="WIDTHxHEIGHT")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command == "demo":
+        from bench.demo import run_demo
+        from sfu.config import ConfigError, load_sfu_config
+
+        try:
+            config = load_sfu_config(args.config)
+        except ConfigError as exc:
+            parser.error(str(exc))
+        if args.subscribers < 1 or args.duration <= 0:
+            parser.error("--subscribers and --duration must be positive")
+        return _run(run_demo(config, args.subscribers, args.duration, args.codec, *args.size))
+    return 2
+
+
+def _run(coro):  # type: ignore[no-untyped-def]
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
