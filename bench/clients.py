@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -81,13 +82,13 @@ class ReceivedTrack:
     def longest_gap(self, since: float = 0.0) -> float:
         """Longest time between consecutive decoded frames after ``since``."""
         times = [t for t in self.arrivals if t >= since]
-        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
     def frozen_time(self, threshold: float = 0.2) -> float:
         """Total time spent in gaps longer than ``threshold`` between decoded frames."""
         times = self.arrivals
         return sum(
-            b - a for a, b in zip(times, times[1:], strict=False) if b - a > threshold
+            b - a for a, b in itertools.pairwise(times) if b - a > threshold
         )
 
 

@@ -272,10 +272,11 @@ async def test_bad_input_is_counted_and_dropped(sfu: Sfu) -> None:
         # Plain garbage straight at the SFU's sockets (fails SRTP/DTLS/STUN).
         raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for peer in sfu.peers.values():
-            pair = peer.pc.getTransceivers()[0].receiver.transport.transport._connection._nominated[1]
-            address = pair.local_candidate.host, pair.local_candidate.port
-            for junk in (b"\x80" * 3, b"\x90" + bytes(range(200)), b"\x16\xfe\xfd" + b"\x01" * 50, b""):
-                raw.sendto(junk, address)
+            ice = peer.pc.getTransceivers()[0].receiver.transport.transport
+            local = ice._connection._nominated[1].local_candidate
+            junks = (b"\x80" * 3, b"\x90" + bytes(range(200)), b"\x16\xfe\xfd" + b"\x01" * 50, b"")
+            for junk in junks:
+                raw.sendto(junk, (local.host, local.port))
         raw.close()
         await asyncio.sleep(0.5)
         stats = sfu.stats()
