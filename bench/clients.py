@@ -24,6 +24,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from av import VideoFrame
 
 from sfu.server import Sfu, TrackInfo
 from sfu.transport import restrict_host_candidates
@@ -126,7 +127,7 @@ class Subscriber:
                     received.first_frame_at = now
                 received.frames += 1
                 received.arrivals.append(now)
-                if track.kind == "video":
+                if isinstance(frame, VideoFrame):
                     received.width, received.height = frame.width, frame.height
 
     def track(self, kind: str) -> ReceivedTrack:

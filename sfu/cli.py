@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from sfu import __version__
 
@@ -39,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=10.0, help="seconds to run")
     demo.add_argument("--codec", choices=["vp8", "h264"], default="vp8")
     demo.add_argument("--size", type=_size, default=(640, 360), help="WIDTHxHEIGHT")
+    micro = commands.add_parser(
+        "microbench",
+        help="measure the CPU cost of one forwarded packet copy (rewrite+protect+send)",
+        description="In-process fan-out micro-benchmark on loopback UDP (see docs/benchmarks.md).",
+    )
+    micro.add_argument("--subscribers", type=int, default=200)
+    micro.add_argument("--packets", type=int, default=1000, help="packets fanned out per run")
+    micro.add_argument("--repeats", type=int, default=5, help="runs per variant (median kept)")
+    micro.add_argument("--json", help="write the result as JSON to this file")
     return parser
 
 
@@ -63,10 +73,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.subscribers < 1 or args.duration <= 0:
             parser.error("--subscribers and --duration must be positive")
         return _run(run_demo(config, args.subscribers, args.duration, args.codec, *args.size))
+    if args.command == "microbench":
+        from bench.fanout import main as microbench
+
+        if min(args.subscribers, args.packets, args.repeats) < 1:
+            parser.error("--subscribers, --packets and --repeats must be positive")
+        return microbench(args.subscribers, args.packets, args.repeats, args.json)
     return 2
 
 
-def _run(coro):  # type: ignore[no-untyped-def]
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    """Run the command's coroutine on uvloop when available."""
     try:
         import uvloop
     except ImportError:

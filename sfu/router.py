@@ -198,7 +198,7 @@ class _Continuity:
     clock_rate: int
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Consumer:
     """One outgoing track of a subscriber."""
 
@@ -216,6 +216,8 @@ class Consumer:
     started: bool = False
     seq_offset: int = 0
     ts_offset: int = 0
+    #: Source extended sequence number the consumer started at.
+    start_seq: int = 0
     rtx_seq: int = 0
     rtt: float | None = None
     stats: ConsumerStats = field(default_factory=ConsumerStats)
@@ -300,11 +302,11 @@ class Router:
         producer = self.producers[producer_id]
         if producer.kind != consumer.kind:
             raise ValueError("cannot feed an audio track from video or vice versa")
-        if consumer.source is producer:
-            return
         for other in self.producers.values():
             if consumer in other.pending:
                 other.pending.remove(consumer)
+        if consumer.source is producer:
+            return
         if not producer.codec.is_video:
             self._switch(consumer, producer, producer.cache.highest + 1, None, now)
             return
@@ -332,7 +334,10 @@ class Router:
             ):
                 stats.malformed += 1
                 return
-            data, header = _unwrap_rtx(data, header, producer)
+            if producer.ssrc is None:  # RTX before any media: its SSRC is unknown yet
+                stats.malformed += 1
+                return
+            data, header = _unwrap_rtx(data, header, producer.payload_type, producer.ssrc)
             retransmission = True
         if producer.ssrc is None:
             producer.ssrc = header.ssrc
@@ -380,7 +385,7 @@ class Router:
                 producer.pending.clear()
                 # The switched consumers are in producer.groups now and get
                 # this packet in the fan-out below.
-        self._fan_out(producer, data, header, ext_seq, keyframe_start)
+        self._fan_out(producer, data, header, ext_seq, keyframe_start, ext_seq <= previous_highest)
 
     def _fan_out(
         self,
@@ -389,6 +394,7 @@ class Router:
         header: RtpHeader,
         ext_seq: int,
         keyframe_start: bool,
+        late: bool,
     ) -> None:
         pack = FIXED_HEADER.pack
         ts = header.timestamp
@@ -403,6 +409,8 @@ class Router:
                     if not can_start:
                         continue
                     self._start(consumer, producer, ext_seq, ts)
+                elif late and ext_seq < consumer.start_seq:
+                    continue  # from before this consumer's start: its number is taken
                 consumer.sink.send_rtp(
                     pack(
                         b0,
@@ -468,6 +476,7 @@ class Router:
             out_ts = prev.out_timestamp + max(1, int(elapsed * prev.clock_rate))
         consumer.seq_offset = out_seq - ext_seq
         consumer.ts_offset = (out_ts - timestamp) & _U32
+        consumer.start_seq = ext_seq
         consumer.started = True
         consumer.segments.append(
             _Segment(out_seq, producer, consumer.seq_offset, consumer.ts_offset)
@@ -618,11 +627,13 @@ class Router:
                 if retry:
                     self._nack_upstream(producer, retry)
                 producer.stats.lost_unrecovered += len(lost)
-            if (
-                producer.codec.is_video
-                and producer.ssrc is not None
-                and producer.keyframe_requests.poll(now)
-            ):
+            if not producer.codec.is_video or producer.ssrc is None:
+                continue
+            if producer.pending:
+                # Consumers still wait for a keyframe: the first request or its
+                # answer may have been lost, so ask again (throttled).
+                self.request_keyframe(producer.id, now)
+            elif producer.keyframe_requests.poll(now):
                 self._send_pli(producer)
 
     def sender_report(self, consumer: Consumer, now: float) -> bytes | None:
@@ -681,13 +692,15 @@ class Router:
         return best
 
 
-def _unwrap_rtx(data: bytes, header: RtpHeader, producer: Producer) -> tuple[bytes, RtpHeader]:
+def _unwrap_rtx(
+    data: bytes, header: RtpHeader, payload_type: int, ssrc: int
+) -> tuple[bytes, RtpHeader]:
     """Turn an RTX packet (RFC 4588 §4) back into the original packet."""
     pos = header.payload_offset
     osn = (data[pos] << 8) | data[pos + 1]
-    b1 = (data[1] & 0x80) | producer.payload_type
+    b1 = (data[1] & 0x80) | payload_type
     original = (
-        FIXED_HEADER.pack(data[0] & 0xDF, b1, osn, header.timestamp, producer.ssrc or 0)
+        FIXED_HEADER.pack(data[0] & 0xDF, b1, osn, header.timestamp, ssrc)
         + data[12:pos]
         + data[pos + 2 : header.payload_end]
     )

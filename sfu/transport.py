@@ -185,25 +185,71 @@ def drop_empty_datagrams(connection: Any) -> None:
     connection.data_received = data_received
 
 
-class PeerSink:
-    """Protects and sends a peer's RTP/RTCP synchronously (the SFU's fast path)."""
+class SrtpSink:
+    """Protects and sends RTP/RTCP synchronously: the SFU's per-copy fast path.
 
-    def __init__(self, pc: ForwardingPeerConnection) -> None:
-        self._pc = pc
-        self._dtls: Any = None
+    One SRTP protect (RFC 3711) and one ``sendto`` per packet, no await, no
+    queue: a full socket buffer drops the packet and counts it in
+    ``dropped``, any other failure counts in ``errors``. Until attached it
+    drops everything.
+    """
+
+    def __init__(self) -> None:
         self._sock: socket.socket | None = None
-        self._sock_source = -1
-        self._addr: tuple[str, int] | None = None
+        self._addr: tuple[str, int] = ("", 0)
         self._protect: Callable[[bytes], bytes] | None = None
         self._protect_rtcp: Callable[[bytes], bytes] | None = None
-        self.sent_packets = 0
-        self.sent_bytes = 0
         self.dropped = 0
         self.errors = 0
 
-    @property
-    def ready(self) -> bool:
-        return self._sock is not None
+    def attach(
+        self, session: pylibsrtp.Session, sock: socket.socket, addr: tuple[str, int]
+    ) -> None:
+        """Send through ``session`` (an outbound SRTP session) on ``sock`` to ``addr``."""
+        self._protect = session.protect
+        self._protect_rtcp = session.protect_rtcp
+        self._sock = sock
+        self._addr = addr
+
+    def send_rtp(self, packet: bytes) -> None:
+        protect = self._protect
+        sock = self._sock
+        if protect is None or sock is None:
+            self.dropped += 1
+            return
+        try:
+            sock.sendto(protect(packet), self._addr)
+        except BlockingIOError:
+            self.dropped += 1
+        except (OSError, pylibsrtp.Error):
+            self.errors += 1
+
+    def send_rtcp(self, packet: bytes) -> None:
+        protect = self._protect_rtcp
+        if protect is None or self._sock is None:
+            self.dropped += 1
+            return
+        try:
+            self._sock.sendto(protect(packet), self._addr)
+        except BlockingIOError:
+            self.dropped += 1
+        except (OSError, pylibsrtp.Error):
+            self.errors += 1
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._protect = self._protect_rtcp = None
+
+
+class PeerSink(SrtpSink):
+    """An :class:`SrtpSink` bound to an aiortc peer connection's DTLS/ICE state."""
+
+    def __init__(self, pc: ForwardingPeerConnection) -> None:
+        super().__init__()
+        self._pc = pc
+        self._sock_source = -1
 
     def bind(self) -> bool:
         """Attach to the connected DTLS transport's SRTP session and selected pair.
@@ -223,52 +269,16 @@ class PeerSink:
         transport_sock = pair.protocol.transport.get_extra_info("socket")
         if transport_sock is None:
             return False
-        if self._dtls is not dtls:
-            self._dtls = dtls
-            self._protect = dtls._tx_srtp.protect
-            self._protect_rtcp = dtls._tx_srtp.protect_rtcp
         fileno = transport_sock.fileno()
-        if self._sock is None or self._sock_source != fileno:
+        sock = self._sock
+        if sock is None or self._sock_source != fileno:
             self.close()
+            # A duplicate of aioice's socket: a plain non-blocking socket whose
+            # sendto skips asyncio's transport (and its unbounded buffer).
             sock = socket.socket(fileno=os.dup(fileno))
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-            self._sock = sock
             self._sock_source = fileno
-        self._addr = pair.remote_addr
+        self.attach(dtls._tx_srtp, sock, pair.remote_addr)
         return True
-
-    def send_rtp(self, packet: bytes) -> None:
-        sock = self._sock
-        if sock is None or self._protect is None:
-            self.dropped += 1
-            return
-        try:
-            data = self._protect(packet)
-            sock.sendto(data, self._addr)  # type: ignore[arg-type]
-        except BlockingIOError:
-            self.dropped += 1
-            return
-        except (OSError, pylibsrtp.Error):
-            self.errors += 1
-            return
-        self.sent_packets += 1
-        self.sent_bytes += len(data)
-
-    def send_rtcp(self, packet: bytes) -> None:
-        sock = self._sock
-        if sock is None or self._protect_rtcp is None:
-            self.dropped += 1
-            return
-        try:
-            sock.sendto(self._protect_rtcp(packet), self._addr)  # type: ignore[arg-type]
-        except BlockingIOError:
-            self.dropped += 1
-        except (OSError, pylibsrtp.Error):
-            self.errors += 1
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None

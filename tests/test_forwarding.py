@@ -58,6 +58,29 @@ async def test_five_subscribers_decode_forwarded_audio_and_video(sfu: Sfu, codec
                 assert transceiver.receiver._RTCRtpReceiver__decoder_thread is None
                 assert transceiver.sender._RTCRtpSender__encoder is None
         assert decoder_threads() == 2 * len(subs)
+        # Subscribers get sender reports translated from the publisher's: the
+        # NTP time is current and the counts are those of their own stream.
+        async def remote_outbound(sub: Subscriber) -> list[object]:
+            found = []
+            for receiver in sub.pc.getReceivers():
+                report = await receiver.getStats()
+                found += [r for r in report.values() if r.type == "remote-outbound-rtp"]
+            return found
+
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(await remote_outbound(subs[0])) < 2:
+            await asyncio.sleep(0.2)
+        reports = await remote_outbound(subs[0])
+        assert len(reports) == 2
+        for report in reports:
+            assert report.packetsSent > 0  # type: ignore[attr-defined]
+            sent_at = report.remoteTimestamp.timestamp()  # type: ignore[attr-defined]
+            assert abs(sent_at - time.time()) < 5
+        # RFC 6464 audio levels pass through and are exposed per publisher.
+        audio_id = producers[1].id
+        assert await wait_for(lambda: sfu.active_speaker() == audio_id, timeout=3)
+        levels = [p["audio_level_dbov"] for p in sfu.stats()["producers"] if p["id"] == audio_id]
+        assert levels[0] is not None and -40 < levels[0] < 0
         stats = sfu.stats()
         assert stats["subscribers"] == 5 and stats["publishers"] == 1
         for consumer in stats["consumers"]:
