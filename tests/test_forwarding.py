@@ -316,3 +316,41 @@ async def test_bad_input_is_counted_and_dropped(sfu: Sfu) -> None:
         for s in subs:
             await s.close()
         await pub.close()
+
+
+async def test_publisher_reconnect_keeps_subscriber_stream_continuous(sfu: Sfu) -> None:
+    """A subscriber's track switches source at a keyframe: same SSRC, seq+1, ts forward."""
+    pub, producers = await publish(sfu, "cam1", [PatternVideoTrack(160, 120)])
+    sub = Subscriber(sfu, "viewer")
+    received: list[tuple[int, int, int]] = []
+    try:
+        await sub.connect([producers[0].id])
+        receiver = sub.pc.getReceivers()[0]
+        original = receiver._handle_rtp_packet
+
+        async def record(packet, arrival_time_ms):  # type: ignore[no-untyped-def]
+            received.append((packet.ssrc, packet.sequence_number, packet.timestamp))
+            await original(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = record
+        assert await wait_for(lambda: sub.track("video").frames > 10, timeout=10)
+        # The publisher drops out and comes back as a new peer.
+        await pub.close()
+        await asyncio.sleep(0.3)
+        frozen_at = sub.track("video").frames
+        switch_index = len(received)
+        pub, producers = await publish(sfu, "cam1-again", [PatternVideoTrack(160, 120)])
+        sfu.set_source(sub.consumers[0].id, producers[0].id)
+        assert await wait_for(lambda: sub.track("video").frames > frozen_at + 20, timeout=10)
+        # One SSRC throughout, sequence numbers consecutive across the switch,
+        # timestamps moving forward by about the time the source was away.
+        assert len({ssrc for ssrc, _, _ in received}) == 1
+        seqs = [seq for _, seq, _ in received]
+        assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+        before, after = received[switch_index - 1], received[switch_index]
+        jump = (after[2] - before[2]) & 0xFFFFFFFF
+        assert 0.2 * 90000 < jump < 5 * 90000
+        assert sub.pc.connectionState == "connected"
+    finally:
+        await sub.close()
+        await pub.close()
