@@ -9,13 +9,19 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 STAMP="$VENV/.telebridge-installed"
-# Reinstall when pyproject.toml changed since the last install.
+# Install when never done, when pyproject.toml changed since, or when extras
+# are asked for that the last install did not include (the stamp holds them).
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] \
-        || [ "$(cat "$STAMP")" != "${TELEBRIDGE_EXTRAS:-}" ]; then
-    "$VENV/bin/python" -m pip install -q --upgrade pip
+        || { [ -n "${TELEBRIDGE_EXTRAS:-}" ] && [ "$(cat "$STAMP")" != "$TELEBRIDGE_EXTRAS" ]; }; then
     spec="$ROOT"
     [ -n "${TELEBRIDGE_EXTRAS:-}" ] && spec="$ROOT[${TELEBRIDGE_EXTRAS}]"
-    "$VENV/bin/python" -m pip install -q -e "$spec"
+    echo "Installing Telebridge into $VENV (log: $VENV/install.log)" >&2
+    if ! { "$VENV/bin/python" -m pip install --upgrade pip \
+            && "$VENV/bin/python" -m pip install -e "$spec"; } > "$VENV/install.log" 2>&1; then
+        tail -n 40 "$VENV/install.log" >&2
+        echo "scripts: installing into $VENV failed" >&2
+        exit 1
+    fi
     printf '%s' "${TELEBRIDGE_EXTRAS:-}" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -19,7 +19,8 @@ class ConfigError(ValueError):
     """A configuration file that cannot be used (unknown key, wrong type)."""
 
 
-def _apply(target: Any, values: dict[str, Any], where: str) -> None:
+def apply_table(target: Any, values: dict[str, Any], where: str) -> None:
+    """Set a dataclass's fields from a TOML table, recursing into nested dataclasses."""
     fields = {f.name: f for f in dataclasses.fields(target)}
     for key, value in values.items():
         if key not in fields:
@@ -28,7 +29,7 @@ def _apply(target: Any, values: dict[str, Any], where: str) -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}.{key} must be a table")
-            _apply(current, value, f"{where}.{key}")
+            apply_table(current, value, f"{where}.{key}")
             continue
         if isinstance(current, bool) != isinstance(value, bool) or (
             isinstance(current, int | float) and not isinstance(value, int | float)
@@ -37,17 +38,22 @@ def _apply(target: Any, values: dict[str, Any], where: str) -> None:
         setattr(target, key, float(value) if isinstance(current, float) else value)
 
 
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict, or :class:`ConfigError`."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+
+
 def load_sfu_config(path: str | Path | None = None) -> SfuConfig:
     """The ``[sfu]`` settings: defaults, overridden by ``path`` when given."""
     config = SfuConfig(router=RouterConfig())
     if path is None:
         return config
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    data = read_toml(path)
     sfu_table = data.get("sfu", {})
     if not isinstance(sfu_table, dict):
         raise ConfigError("[sfu] must be a table")
-    _apply(config, sfu_table, "sfu")
+    apply_table(config, sfu_table, "sfu")
     return config

@@ -18,6 +18,7 @@ with that subscriber's sequence number, timestamp and SSRC.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -159,6 +160,8 @@ class Producer:
         #: Consumers switching to this producer at its next keyframe.
         self.pending: list[Consumer] = []
         self.stats = ProducerStats()
+        #: Muted by a moderator: still cached, not forwarded.
+        self.paused = False
         self.closed = False
 
     @property
@@ -212,6 +215,8 @@ class Consumer:
     rtx_payload_type: int | None = None
     rtx_ssrc: int | None = None
     cname: str = "telebridge"
+    #: The negotiated codec; a source must use the same one.
+    mime_type: str | None = None
     source: Producer | None = None
     started: bool = False
     seq_offset: int = 0
@@ -278,6 +283,14 @@ class Router:
         if source_id is not None:
             self.set_source(consumer.id, source_id, now)
 
+    def clear_source(self, consumer_id: str, now: float) -> None:
+        """Leave a consumer idle (no source); its output continues when given one."""
+        consumer = self.consumers[consumer_id]
+        for other in self.producers.values():
+            if consumer in other.pending:
+                other.pending.remove(consumer)
+        self._leave_source(consumer, now)
+
     def remove_consumer(self, consumer_id: str, now: float) -> None:
         """Stop a consumer and say goodbye to its subscriber (RTCP BYE, RFC 3550 §6.6)."""
         consumer = self.consumers.pop(consumer_id, None)
@@ -302,6 +315,10 @@ class Router:
         producer = self.producers[producer_id]
         if producer.kind != consumer.kind:
             raise ValueError("cannot feed an audio track from video or vice versa")
+        if consumer.mime_type and consumer.mime_type.lower() != producer.codec.mime_type.lower():
+            raise ValueError(
+                f"cannot feed a {consumer.mime_type} track from {producer.codec.mime_type}"
+            )
         for other in self.producers.values():
             if consumer in other.pending:
                 other.pending.remove(consumer)
@@ -385,7 +402,10 @@ class Router:
                 producer.pending.clear()
                 # The switched consumers are in producer.groups now and get
                 # this packet in the fan-out below.
-        self._fan_out(producer, data, header, ext_seq, keyframe_start, ext_seq <= previous_highest)
+        if not producer.paused:
+            self._fan_out(
+                producer, data, header, ext_seq, keyframe_start, ext_seq <= previous_highest
+            )
 
     def _fan_out(
         self,
@@ -679,11 +699,21 @@ class Router:
             return None
         return rtcp.build_rr(producer.rtcp_ssrc, [block])
 
-    def active_speaker(self, now: float, window: float = 1.0) -> Producer | None:
-        """The audio producer with the loudest recent level (RFC 6464), if any spoke."""
+    def active_speaker(
+        self, now: float, window: float = 1.0, among: Collection[str] | None = None
+    ) -> Producer | None:
+        """The audio producer with the loudest recent level (RFC 6464), if any spoke.
+
+        ``among`` restricts the choice to these producer ids (one room's).
+        """
         best: Producer | None = None
         best_level = 128
-        for producer in self.producers.values():
+        producers = (
+            self.producers.values()
+            if among is None
+            else [p for i in among if (p := self.producers.get(i)) is not None]
+        )
+        for producer in producers:
             level = producer.audio_level
             if level is None or now - producer.audio_level_time > window:
                 continue

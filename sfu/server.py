@@ -25,7 +25,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,10 +36,19 @@ from aiortc.rtcrtpparameters import (
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
+from aiortc.sdp import candidate_from_sdp
 
 from sfu import rtcp
 from sfu.codecs import codec_info
-from sfu.router import Consumer, Layout, Producer, Router, RouterConfig
+from sfu.router import (
+    Consumer,
+    ConsumerStats,
+    Layout,
+    Producer,
+    ProducerStats,
+    Router,
+    RouterConfig,
+)
 from sfu.rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, RtpError, parse
 from sfu.transport import ForwardingPeerConnection, PeerSink
 
@@ -105,6 +114,8 @@ class Sfu:
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        #: Counts of closed producers and consumers (see :meth:`totals`).
+        self._retired: dict[str, int] = {}
         #: The negotiated codec of each producer, to offer it to subscribers.
         self._negotiated: dict[str, RTCRtpCodecParameters] = {}
 
@@ -167,22 +178,13 @@ class Sfu:
 
     async def subscribe(self, peer_id: str, sources: list[str]) -> tuple[str, list[TrackInfo]]:
         """Create a subscriber with one send-only track per source; returns the SFU's offer."""
-        producers = []
-        for source in sources:
-            producer = self.router.producers.get(source)
-            if producer is None:
-                raise SfuError("unknown-track", f"no published track {source!r}")
-            producers.append(producer)
+        producers = [self._producer(source) for source in sources]
         if not producers:
             raise SfuError("no-media", "nothing to subscribe to")
         peer = self._new_peer(peer_id, "subscriber")
         tracks: list[TrackInfo] = []
         for producer in producers:
-            transceiver = peer.pc.addTransceiver(producer.kind, direction="sendonly")
-            transceiver.setCodecPreferences(
-                _codec_preferences(producer, self._negotiated[producer.id])
-            )
-            transceiver.sender._stream_id = producer.id.rsplit(":", 1)[0]
+            self._add_transceiver(peer, producer)
             tracks.append(TrackInfo("", producer.kind, producer.codec.mime_type, producer.id))
         offer = await peer.pc.createOffer()
         await peer.pc.setLocalDescription(offer)
@@ -194,6 +196,56 @@ class Sfu:
             )
         return peer.pc.localDescription.sdp, named
 
+    async def add_sources(self, peer_id: str, sources: list[str]) -> tuple[str, list[TrackInfo]]:
+        """Add tracks to an existing subscriber (renegotiation); returns a new offer.
+
+        The returned tracks are the added ones; the subscriber answers with
+        :meth:`answer` as for the first offer.
+        """
+        peer = self._peer(peer_id)
+        if peer.role != "subscriber":
+            raise SfuError("wrong-state", "only subscribers receive tracks")
+        if peer.pc.signalingState != "stable":
+            raise SfuError("wrong-state", "an offer to this subscriber awaits its answer")
+        producers = [self._producer(source) for source in sources]
+        if not producers:
+            raise SfuError("no-media", "nothing to subscribe to")
+        added = [self._add_transceiver(peer, producer) for producer in producers]
+        await peer.pc.setLocalDescription(await peer.pc.createOffer())
+        tracks = []
+        for transceiver, producer in zip(added, producers, strict=True):
+            peer.sources[str(transceiver.mid)] = producer.id
+            tracks.append(
+                TrackInfo(
+                    f"{peer_id}:{transceiver.mid}", producer.kind, producer.codec.mime_type,
+                    producer.id,
+                )
+            )
+        return peer.pc.localDescription.sdp, tracks
+
+    async def add_ice_candidate(self, peer_id: str, candidate: dict[str, Any] | None) -> None:
+        """Add a trickled remote ICE candidate (``RTCIceCandidate.toJSON()``); None ends them."""
+        peer = self._peer(peer_id)
+        if candidate is None:
+            await peer.pc.addIceCandidate(None)
+            return
+        try:
+            line = str(candidate["candidate"])
+            if line.startswith("candidate:"):
+                line = line[len("candidate:") :]
+            if not line:
+                return  # an empty candidate also means end of candidates
+            ice = candidate_from_sdp(line)
+            ice.sdpMid = candidate.get("sdpMid")
+            ice.sdpMLineIndex = candidate.get("sdpMLineIndex")
+            await peer.pc.addIceCandidate(ice)
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            raise SfuError("invalid-candidate", f"cannot use the ICE candidate: {exc}") from exc
+
+    def set_paused(self, producer_id: str, paused: bool) -> None:
+        """Stop (or resume) forwarding a producer, e.g. when a moderator mutes it."""
+        self._producer(producer_id).paused = paused
+
     async def answer(self, peer_id: str, answer_sdp: str) -> None:
         """Apply a subscriber's answer to the SFU's offer."""
         peer = self._peer(peer_id)
@@ -204,14 +256,26 @@ class Sfu:
         except Exception as exc:
             raise SfuError("invalid-sdp", f"cannot apply the answer: {exc}") from exc
 
-    def set_source(self, consumer_id: str, producer_id: str) -> None:
-        """Feed a subscriber's track from another producer, switching at a keyframe."""
+    def set_source(self, consumer_id: str, producer_id: str | None) -> None:
+        """Feed a subscribed track from another producer (switching at a keyframe), or idle it.
+
+        Works before the track is connected too: the consumer then starts
+        with this source.
+        """
+        if producer_id is not None:
+            self._producer(producer_id)
         if consumer_id not in self.router.consumers:
-            raise SfuError("unknown-track", f"no subscribed track {consumer_id!r}")
-        if producer_id not in self.router.producers:
-            raise SfuError("unknown-track", f"no published track {producer_id!r}")
+            peer_id, _, mid = consumer_id.rpartition(":")
+            peer = self.peers.get(peer_id)
+            if peer is None or mid not in peer.sources:
+                raise SfuError("unknown-track", f"no subscribed track {consumer_id!r}")
+            peer.sources[mid] = producer_id
+            return
         try:
-            self.router.set_source(consumer_id, producer_id, self._clock())
+            if producer_id is None:
+                self.router.clear_source(consumer_id, self._clock())
+            else:
+                self.router.set_source(consumer_id, producer_id, self._clock())
         except ValueError as exc:
             raise SfuError("kind-mismatch", str(exc)) from exc
 
@@ -220,15 +284,17 @@ class Sfu:
         consumer = self.router.consumers.get(consumer_id)
         if consumer is None:
             raise SfuError("unknown-track", f"no subscribed track {consumer_id!r}")
+        self._retire(consumer.stats)
         self.router.remove_consumer(consumer_id, self._clock())
         peer = self.peers.get(consumer_id.rsplit(":", 1)[0])
         if peer is not None:
             peer.consumers.pop(consumer.ssrc, None)
+            if consumer.rtx_ssrc is not None:
+                peer.consumers.pop(consumer.rtx_ssrc, None)
 
     def request_keyframe(self, producer_id: str) -> bool:
         """Ask a publisher for a keyframe (throttled); True if a PLI went out now."""
-        if producer_id not in self.router.producers:
-            raise SfuError("unknown-track", f"no published track {producer_id!r}")
+        self._producer(producer_id)
         return self.router.request_keyframe(producer_id, self._clock())
 
     async def close(self, peer_id: str) -> None:
@@ -237,19 +303,61 @@ class Sfu:
         if peer is None:
             return
         peer.closing = True
+        self._retired["send_dropped"] = self._retired.get("send_dropped", 0) + peer.sink.dropped
+        self._retired["malformed_rtcp"] = (
+            self._retired.get("malformed_rtcp", 0) + peer.malformed_rtcp
+        )
         now = self._clock()
         for producer in peer.producers.values():
+            self._retire(producer.stats)
             self.router.remove_producer(producer.id, now)
             self._negotiated.pop(producer.id, None)
-        for consumer in list(peer.consumers.values()):
-            self.router.remove_consumer(consumer.id, now)
+        for consumer in {id(c): c for c in peer.consumers.values()}.values():
+            if consumer.id in self.router.consumers:
+                self._retire(consumer.stats)
+                self.router.remove_consumer(consumer.id, now)
         peer.sink.close()
         await peer.pc.close()
 
-    def active_speaker(self, window: float = 1.0) -> str | None:
-        """The producer id of the loudest recent audio track (RFC 6464 levels)."""
-        producer = self.router.active_speaker(self._clock(), window)
+    def active_speaker(
+        self, window: float = 1.0, among: Collection[str] | None = None
+    ) -> str | None:
+        """The producer id of the loudest recent audio track (RFC 6464 levels).
+
+        ``among`` restricts the choice to these producers (one room's).
+        """
+        producer = self.router.active_speaker(self._clock(), window, among)
         return producer.id if producer is not None else None
+
+    def _retire(self, stats: ProducerStats | ConsumerStats) -> None:
+        """Keep a closing producer's or consumer's counts in the running totals."""
+        prefix = "in_" if isinstance(stats, ProducerStats) else "out_"
+        for name in stats.__slots__:
+            key = prefix + name
+            self._retired[key] = self._retired.get(key, 0) + getattr(stats, name)
+
+    def totals(self) -> dict[str, int]:
+        """Monotonic counters since start (live and closed producers/consumers).
+
+        Keys: ``in_<ProducerStats field>`` and ``out_<ConsumerStats field>``,
+        plus ``keyframe_requests_sent``, ``send_dropped`` and ``malformed_rtcp``.
+        """
+        totals = dict(self._retired)
+        for producer in self.router.producers.values():
+            for name in producer.stats.__slots__:
+                totals["in_" + name] = totals.get("in_" + name, 0) + getattr(producer.stats, name)
+        for consumer in self.router.consumers.values():
+            for name in consumer.stats.__slots__:
+                key = "out_" + name
+                totals[key] = totals.get(key, 0) + getattr(consumer.stats, name)
+        totals["keyframe_requests_sent"] = self.router.keyframe_requests_sent
+        totals["send_dropped"] = self._retired.get("send_dropped", 0) + sum(
+            p.sink.dropped for p in self.peers.values()
+        )
+        totals["malformed_rtcp"] = self._retired.get("malformed_rtcp", 0) + sum(
+            p.malformed_rtcp for p in self.peers.values()
+        )
+        return totals
 
     def stats(self) -> dict[str, Any]:
         """Counters of every peer, producer and consumer (for metrics and tests)."""
@@ -292,6 +400,22 @@ class Sfu:
         }
 
     # --------------------------------------------------------------- peers
+
+    def _producer(self, producer_id: str) -> Producer:
+        producer = self.router.producers.get(producer_id)
+        if producer is None:
+            raise SfuError("unknown-track", f"no published track {producer_id!r}")
+        return producer
+
+    def _add_transceiver(self, peer: Peer, producer: Producer) -> Any:
+        """A send-only m-section offering exactly the producer's codec (and RTX)."""
+        transceiver = peer.pc.addTransceiver(producer.kind, direction="sendonly")
+        transceiver.setCodecPreferences(
+            _codec_preferences(producer, self._negotiated[producer.id])
+        )
+        # One MediaStream (msid) per publisher, so receivers lip-sync its tracks.
+        transceiver.sender._stream_id = producer.id.rsplit(":", 1)[0]
+        return transceiver
 
     def _peer(self, peer_id: str) -> Peer:
         peer = self.peers.get(peer_id)
@@ -405,6 +529,7 @@ class Sfu:
             rtx_payload_type=rtx_pt,
             rtx_ssrc=sender._rtx_ssrc if rtx_pt is not None else None,
             cname=params.rtcp.cname or "telebridge",
+            mime_type=primary.mimeType,
         )
         now = self._clock()
         consumer.last_rtcp = now

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sfu.cli", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "signaling.cli", *args], capture_output=True, text=True, timeout=60
     )
 
 

@@ -40,6 +40,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=10.0, help="seconds to run")
     demo.add_argument("--codec", choices=["vp8", "h264"], default="vp8")
     demo.add_argument("--size", type=_size, default=(640, 360), help="WIDTHxHEIGHT")
+    serve = commands.add_parser(
+        "serve",
+        help="run signaling, the browser client and the SFU in one process",
+        description="Serve rooms on HOST:PORT until interrupted (embedded defaults).",
+    )
+    serve.add_argument("--config", help="TOML config file (default: embedded defaults)")
+    serve.add_argument("--host", help="listen address (default from config: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default from config: 8080)")
+    serve.add_argument(
+        "--demo-presenter",
+        metavar="ROOM",
+        help="also publish a synthetic test feed into ROOM and print join links",
+    )
+    token = commands.add_parser(
+        "token",
+        help="print an access token",
+        description="Print an HS256 JWT signed with the configured secret (TELEBRIDGE_SECRET).",
+    )
+    token.add_argument("--config", help="TOML config file holding [signaling] secret")
+    token.add_argument("--room", help="room id (not needed for --role admin)")
+    token.add_argument(
+        "--role",
+        required=True,
+        choices=["moderator", "presenter", "participant", "viewer", "admin"],
+    )
+    token.add_argument("--name", help="display name (default: the role)")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds of validity")
     micro = commands.add_parser(
         "microbench",
         help="measure the CPU cost of one forwarded packet copy (rewrite+protect+send)",
@@ -73,6 +100,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.subscribers < 1 or args.duration <= 0:
             parser.error("--subscribers and --duration must be positive")
         return _run(run_demo(config, args.subscribers, args.duration, args.codec, *args.size))
+    if args.command in ("serve", "token"):
+        from sfu.config import ConfigError
+        from signaling.config import load_config
+
+        try:
+            full = load_config(args.config)
+        except ConfigError as exc:
+            parser.error(str(exc))
+        if not full.signaling.secret:
+            parser.error("no token secret: set TELEBRIDGE_SECRET or [signaling] secret")
+        if args.command == "token":
+            from signaling.tokens import issue_token
+
+            if args.role != "admin" and not args.room:
+                parser.error("--room is required")
+            if args.ttl <= 0:
+                parser.error("--ttl must be positive")
+            print(
+                issue_token(
+                    full.signaling.secret, args.room or "*", args.role, args.name, args.ttl
+                )
+            )
+            return 0
+        from signaling.serve import serve
+
+        if args.host:
+            full.signaling.host = args.host
+        if args.port is not None:
+            full.signaling.port = args.port
+        return _run(serve(full, args.demo_presenter))
     if args.command == "microbench":
         from bench.fanout import main as microbench
 

@@ -1,0 +1,164 @@
+"""The aiohttp application: ``create_app(config)`` wires signaling, the SFU and the store.
+
+Routes: ``/ws`` (the protocol), ``/`` and ``/room/{room}`` (the browser
+client), ``/static/`` (its files), ``/admin/...`` (admin API),
+``/healthz`` and ``/metrics``. All state hangs off the application (an
+``AppKey``); nothing lives at module level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from sfu.server import Sfu
+from signaling.admin import add_admin_routes
+from signaling.config import Config
+from signaling.metrics import add_metrics_route
+from signaling.room import Member, Room
+from signaling.session import ProtocolError, Session
+from signaling.store import Store, create_store
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+class Server:
+    """Everything one node serves: rooms, the SFU, the store."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.sfu = Sfu(config.sfu)
+        self.store: Store = create_store(config.signaling.store_url)
+        self.rooms: dict[str, Room] = {}
+        signaling = config.signaling
+        self.node_id = signaling.node_id or f"{socket.gethostname()}:{signaling.port}"
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.store.start()
+        await self.sfu.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._speakers()), loop.create_task(self._presence())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for room in list(self.rooms.values()):
+            await self.end_room(room)
+        await self.sfu.stop()
+        await self.store.close()
+
+    async def room_for_join(self, room_id: str) -> Room:
+        room = self.rooms.get(room_id)
+        if room is None:
+            if len(self.rooms) >= self.config.signaling.max_rooms:
+                raise ProtocolError("too-many-rooms", "this server holds its maximum of rooms")
+            room = Room(room_id, self.sfu, self.store, self.node_id)
+            self.rooms[room_id] = room
+        return room
+
+    async def drop_room_if_empty(self, room: Room) -> None:
+        if not room.members and self.rooms.get(room.id) is room:
+            del self.rooms[room.id]
+
+    async def remove(self, room: Room, member: Member, reason: str) -> None:
+        """Remove a member (moderator or admin action)."""
+        await member.send({"type": "removed", "reason": reason})
+        await room.remove_member(member)
+        if member.ws is not None and not member.ws.closed:
+            await member.ws.close()
+        await self.drop_room_if_empty(room)
+
+    async def end_room(self, room: Room) -> None:
+        await room.end()
+        self.rooms.pop(room.id, None)
+
+    async def _speakers(self) -> None:
+        """Announce each room's active speaker (RFC 6464 levels), a few times a second."""
+        while True:
+            await asyncio.sleep(0.3)
+            for room in list(self.rooms.values()):
+                try:
+                    await room.update_active_speaker()
+                except Exception:
+                    logger.exception("active speaker of %s", room.id)
+
+    async def _presence(self) -> None:
+        """Refresh this node's members and its own registration in the store."""
+        ttl = self.config.signaling.presence_ttl
+        while True:
+            try:
+                await self.store.register_node(
+                    self.node_id, {"rooms": len(self.rooms), "peers": len(self.sfu.peers)}, ttl
+                )
+                for room in list(self.rooms.values()):
+                    for member in list(room.members.values()):
+                        if not await self.store.heartbeat(room.id, member.id, ttl):
+                            await self.store.join(room.id, room.record(member), ttl)
+            except Exception:
+                logger.exception("presence refresh failed")
+            await asyncio.sleep(ttl / 3)
+
+
+SERVER = web.AppKey("server", Server)
+
+
+async def _websocket(request: web.Request) -> web.WebSocketResponse:
+    server = request.app[SERVER]
+    limit = server.config.signaling.max_message_bytes
+    # aiohttp closes (1009) beyond max_msg_size; up to it, oversized messages
+    # get a "message-too-large" error and the connection stays.
+    ws = web.WebSocketResponse(heartbeat=15.0, max_msg_size=4 * limit)
+    await ws.prepare(request)
+    session = Session(server, ws, request.query.get("room"))
+    try:
+        await session.run()
+    finally:
+        await session.close()
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html")
+
+
+async def _room_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "room.html")
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def create_app(config: Config) -> web.Application:
+    """The Telebridge application for ``config`` (no module-level state)."""
+    app = web.Application(client_max_size=config.signaling.max_message_bytes * 4)
+    server = Server(config)
+    app[SERVER] = server
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await server.start()
+        yield
+        with contextlib.suppress(Exception):
+            await server.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/ws", _websocket)
+    app.router.add_get("/", _index)
+    app.router.add_get("/room/{room}", _room_page)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_static("/static/", STATIC)
+    add_admin_routes(app, SERVER)
+    add_metrics_route(app, SERVER)
+    return app

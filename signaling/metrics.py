@@ -1,0 +1,91 @@
+"""``/metrics`` in the Prometheus text format (prometheus-client), per application.
+
+A collector reads the live state at scrape time: rooms, participants,
+publishers, subscribers, and the SFU's monotonic totals (packets and bytes
+in and out, NACKs, retransmissions, keyframe requests, losses, drops).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from signaling.app import Server
+
+#: (metric name, help, key in Sfu.totals())
+COUNTERS = (
+    ("telebridge_packets_in", "RTP packets received from publishers", "in_packets"),
+    ("telebridge_bytes_in", "RTP bytes received from publishers", "in_bytes"),
+    ("telebridge_packets_out", "RTP packet copies forwarded to subscribers", "out_packets"),
+    ("telebridge_bytes_out", "RTP bytes forwarded to subscribers", "out_bytes"),
+    ("telebridge_nacks_received", "NACK packets received from subscribers", "out_nacks"),
+    (
+        "telebridge_retransmissions",
+        "packets resent to subscribers from the cache",
+        "out_retransmitted",
+    ),
+    ("telebridge_nack_misses", "NACKed packets no longer in the cache", "out_nack_misses"),
+    ("telebridge_nacks_sent", "NACK packets sent to publishers", "in_nacks_sent"),
+    (
+        "telebridge_keyframe_requests",
+        "keyframe requests (PLI) sent to publishers",
+        "keyframe_requests_sent",
+    ),
+    ("telebridge_packets_lost", "publisher packets lost and not recovered", "in_lost_unrecovered"),
+    ("telebridge_send_dropped", "packet copies dropped on a full socket buffer", "send_dropped"),
+    ("telebridge_malformed_rtp", "malformed RTP packets from publishers", "in_malformed"),
+    ("telebridge_malformed_rtcp", "malformed RTCP packets", "malformed_rtcp"),
+)
+
+
+class TelebridgeCollector(Collector):
+    """Reads one server's state at scrape time."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        server = self.server
+        members = [m for room in server.rooms.values() for m in room.members.values()]
+        gauges = (
+            ("telebridge_rooms", "rooms on this node", len(server.rooms)),
+            ("telebridge_participants", "participants connected to this node", len(members)),
+            (
+                "telebridge_publishers",
+                "publishing peer connections",
+                sum(1 for p in server.sfu.peers.values() if p.role == "publisher"),
+            ),
+            (
+                "telebridge_subscribers",
+                "subscribing peer connections",
+                sum(1 for p in server.sfu.peers.values() if p.role == "subscriber"),
+            ),
+        )
+        for name, documentation, value in gauges:
+            yield GaugeMetricFamily(name, documentation, value=value)
+        totals = server.sfu.totals()
+        for name, documentation, key in COUNTERS:
+            yield CounterMetricFamily(name, documentation, value=totals.get(key, 0))
+
+
+def add_metrics_route(app: web.Application, key: web.AppKey[Server]) -> None:
+    """Mount ``GET /metrics`` with a registry of this application's own."""
+    registry = CollectorRegistry(auto_describe=False)
+    collector_added = False
+
+    async def metrics(request: web.Request) -> web.Response:
+        nonlocal collector_added
+        if not collector_added:
+            registry.register(TelebridgeCollector(request.app[key]))
+            collector_added = True
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app.router.add_get("/metrics", metrics)
