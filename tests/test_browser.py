@@ -1,0 +1,126 @@
+"""Real Chromium pages on kiosk deep links: play, floor handover, rejoin after a drop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from browser import ARTIFACTS, chromium, write_y4m
+from playwright.async_api import Page
+from signaling_client import running_server, token
+
+from signaling.config import Config
+
+FRAMES_JS = """() => {
+  const v = window.telebridge && window.telebridge.mainVideo;
+  if (!v || !v.getVideoPlaybackQuality) return -1;
+  return v.getVideoPlaybackQuality().totalVideoFrames;
+}"""
+
+SIZE_JS = """() => {
+  const v = window.telebridge && window.telebridge.mainVideo;
+  return v ? [v.videoWidth, v.videoHeight] : [0, 0];
+}"""
+
+# The colour at the centre of the main video, drawn to a canvas.
+PIXEL_JS = """() => {
+  const v = window.telebridge.mainVideo;
+  if (!v.videoWidth) return null;
+  const c = document.createElement('canvas');
+  c.width = v.videoWidth; c.height = v.videoHeight;
+  const g = c.getContext('2d');
+  g.drawImage(v, 0, 0);
+  return Array.from(g.getImageData(v.videoWidth >> 1, v.videoHeight >> 1, 1, 1).data);
+}"""
+
+
+async def wait_js(page: Page, script: str, predicate: Any, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = await page.evaluate(script)
+        if predicate(value):
+            return value
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{script.strip()[:60]}... stayed {value!r}")
+
+
+async def plays(page: Page, timeout: float = 20.0) -> None:
+    """The main video decodes frames: its frame count rises."""
+    first = await wait_js(page, FRAMES_JS, lambda n: n is not None and n > 0, timeout)
+    await wait_js(page, FRAMES_JS, lambda n: n > first + 10, timeout)
+
+
+async def test_kiosk_viewers_play_follow_the_floor_and_rejoin(tmp_path: Path) -> None:
+    config = Config()
+    async with running_server(config) as (base, server):
+        room = "consult"
+
+        def link(role: str, name: str) -> str:
+            return f"{base}/room/{room}?token={token(room, role, name, subject=name)}&autojoin=1"
+
+        magenta = write_y4m(tmp_path / "participant.y4m", 320, 240, (230, 20, 230))
+        async with (
+            chromium(tmp_path / "a") as browser,
+            chromium(tmp_path / "b", [f"--use-file-for-fake-video-capture={magenta}"]) as other,
+        ):
+            presenter = await browser.new_page()
+            await presenter.goto(link("presenter", "Central hospital"))
+            await wait_js(presenter, "() => window.telebridge.state", lambda s: s == "joined")
+            assert await wait_js(
+                presenter,
+                "() => window.telebridge.floor === window.telebridge.self.id",
+                bool,
+            )
+            viewers = []
+            for n in range(3):
+                page = await browser.new_page()
+                await page.goto(link("viewer", f"District hospital {n + 1}"))
+                viewers.append(page)
+            moderator = await browser.new_page()
+            await moderator.goto(link("moderator", "Moderator"))
+            participant = await other.new_page()
+            await participant.goto(link("participant", "Island station"))
+            for page in viewers:
+                await plays(page)
+                assert await page.evaluate(SIZE_JS) == [640, 480]  # Chromium's fake camera
+
+            # The moderator hands the floor to the island station, with a click.
+            participant_id = await wait_js(
+                participant, "() => window.telebridge.self && window.telebridge.self.id", bool
+            )
+            button = moderator.locator(
+                f'button[data-action="grant-floor"][data-participant="{participant_id}"]'
+            )
+            await button.click(timeout=15000)
+            for page in viewers:
+                await wait_js(
+                    page, "() => window.telebridge.mainFeed", lambda f: f == participant_id
+                )
+                await wait_js(page, SIZE_JS, lambda s: s == [320, 240])
+                # The participant's magenta picture: red and blue high, green low.
+                await wait_js(
+                    page,
+                    PIXEL_JS,
+                    lambda p: p is not None and p[0] > 150 and p[1] < 100 and p[2] > 150,
+                )
+                await plays(page)
+
+            # A network drop: the server loses the viewer's connections; the
+            # page rejoins by itself and plays again.
+            dropped = viewers[0]
+            dropped_id = await dropped.evaluate("() => window.telebridge.self.id")
+            live_room = server.rooms[room]
+            member = live_room.members[dropped_id]
+            await live_room.remove_member(member)
+            assert member.ws is not None
+            await member.ws.close()
+            await wait_js(dropped, "() => window.telebridge.joins", lambda n: n >= 2, 30)
+            await wait_js(dropped, "() => window.telebridge.state", lambda s: s == "joined")
+            await plays(dropped, 30)
+            assert len(live_room.members) == 6
+
+            ARTIFACTS.mkdir(exist_ok=True)
+            await viewers[1].screenshot(path=str(ARTIFACTS / "viewer.png"))
