@@ -77,12 +77,12 @@ export function assessQuality(sample) {
   const lossPct = (loss ?? 0) * 100;
   const rttMs = (rtt ?? 0) * 1000;
   const jitterMs = (jitter ?? 0) * 1000;
-  if (lossPct >= 10 || rttMs >= 1000 || jitterMs >= 100) {
+  if (lossPct >= 10 || rttMs >= 1000 || jitterMs >= 150) {
     return { level: "poor", text: "link poor: picture and sound may break up" };
   }
   if (lossPct >= 2) return { level: "weak", text: "link weak: some picture loss" };
   if (rttMs >= 400) return { level: "weak", text: "link weak: delayed" };
-  if (jitterMs >= 40) return { level: "weak", text: "link weak: uneven" };
+  if (jitterMs >= 50) return { level: "weak", text: "link weak: uneven" };
   // Low frame rates are normal for shared slides, so only count them with loss.
   if (fps != null && fps < 8 && lossPct >= 1) {
     return { level: "weak", text: "link weak: picture jerky" };
@@ -127,7 +127,7 @@ export class TelebridgeSession extends EventTarget {
     statsIntervalMs = 2000,
     keepaliveTickMs = 5000,
     pingAfterMs = 10000, // send `ping` after this long without any server message
-    livenessTimeoutMs = 20000, // no answer to a ping for this long: the link is dead
+    livenessTimeoutMs = 10000, // no answer to a ping for this long: the link is dead
     joinTimeoutMs = 15000,
     requestTimeoutMs = 15000,
     stableAfterMs = 5000, // a join that lasted this long resets the backoff
@@ -468,6 +468,7 @@ export class TelebridgeSession extends EventTarget {
     switch (message.type) {
       case "joined": return this.onJoined(message, conn);
       case "offer": return this.enqueueOffer(message, conn);
+      case "tracks": return this.enqueueTracks(message, conn);
       case "ice": return this.onRemoteCandidate(message);
       case "participant-joined":
       case "participant-updated": return this.onParticipant(message.participant);
@@ -609,6 +610,19 @@ export class TelebridgeSession extends EventTarget {
         this.emit("notice", this.lastError);
         this.drop("media negotiation failed"); // a fresh connection on rejoin
       });
+  }
+
+  /**
+   * `tracks`: the server reassigned the subscribe connection's tracks without
+   * renegotiating (an idle thumbnail reused for another publisher, a publisher
+   * gone). Queued behind any offer in progress so the mids exist.
+   */
+  enqueueTracks(message, conn) {
+    this.offerChain = this.offerChain.then(() => {
+      if (conn !== this.connId || !Array.isArray(message.tracks)) return;
+      this.offerTracks = message.tracks;
+      this.mapTracks();
+    });
   }
 
   async applyOffer(message, conn) {
@@ -886,6 +900,7 @@ export class TelebridgeSession extends EventTarget {
 
   /** Every 2 s: getStats of the subscribe connection -> a short sentence. */
   async sampleQuality(conn) {
+    // (offerTracks: from the latest `offer` or `tracks` message)
     const pc = this.subscribePc;
     if (conn !== this.connId) return;
     if (!pc) {
@@ -903,7 +918,8 @@ export class TelebridgeSession extends EventTarget {
     let rtt = null;
     let pairFallback = null;
     const selectedPairIds = new Set();
-    let lost = 0, received = 0, jitter = null, fps = null, videoFps = [];
+    let lost = 0, received = 0, audioJitter = null, videoJitter = null, fps = null;
+    const videoFps = [];
     report.forEach((s) => {
       if (s.type === "transport" && s.selectedCandidatePairId) selectedPairIds.add(s.selectedCandidatePairId);
     });
@@ -914,13 +930,19 @@ export class TelebridgeSession extends EventTarget {
       } else if (s.type === "inbound-rtp") {
         lost += Math.max(0, s.packetsLost || 0);
         received += s.packetsReceived || 0;
-        if (s.jitter != null) jitter = Math.max(jitter ?? 0, s.jitter);
+        if (s.jitter != null) {
+          if (s.kind === "audio") audioJitter = Math.max(audioJitter ?? 0, s.jitter);
+          else videoJitter = Math.max(videoJitter ?? 0, s.jitter);
+        }
         if (s.kind === "video" && s.framesPerSecond != null) {
           videoFps.push({ mid: s.mid, fps: s.framesPerSecond });
         }
       }
     });
     if (rtt == null) rtt = pairFallback;
+    // Video jitter is bursty by nature (a frame is many packets); audio's tells
+    // how even the link is. Fall back to video when there is no audio.
+    const jitter = audioJitter ?? videoJitter;
     // Frame rate of the main video when we can tell which one it is.
     const mainVideo = this.offerTracks.find((t) => t.slot === "main" && t.kind === "video");
     const mainFps = videoFps.find((v) => mainVideo && String(v.mid) === String(mainVideo.mid));
