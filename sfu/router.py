@@ -43,6 +43,14 @@ from sfu.rtp import (
 _U32 = 0xFFFFFFFF
 
 
+class BandwidthEstimator(Protocol):
+    """A receive-side delay-based estimator (aiortc's ``RemoteBitrateEstimator`` fits)."""
+
+    def add(
+        self, arrival_time_ms: int, abs_send_time: int, payload_size: int, ssrc: int
+    ) -> tuple[int, list[int]] | None: ...
+
+
 class Sink(Protocol):
     """Where the core's output for one peer connection goes (plaintext RTP/RTCP)."""
 
@@ -78,6 +86,8 @@ class RouterConfig:
     nack_retry_interval: float = 0.1
     #: Upstream NACK retries per missing packet.
     nack_max_retries: int = 5
+    #: Ceiling of the REMB sent to video publishers (bits per second).
+    max_publisher_bitrate: int = 8_000_000
 
 
 @dataclass(slots=True)
@@ -125,6 +135,7 @@ class Producer:
         rtx_ssrc: int | None = None,
         audio_level_ext_id: int | None = None,
         abs_send_time_ext_id: int | None = None,
+        estimator: BandwidthEstimator | None = None,
     ) -> None:
         self.id = producer_id
         self.codec = codec
@@ -148,6 +159,11 @@ class Producer:
             retry_interval=config.nack_retry_interval, max_retries=config.nack_max_retries
         )
         self.keyframe_requests = KeyframeRequester(config.keyframe_interval)
+        #: Delay-based estimate of the publisher's uplink, fed by abs-send-time,
+        #: reported back as REMB (capped at ``max_bitrate``).
+        self.estimator = estimator if abs_send_time_ext_id is not None else None
+        self.max_bitrate = config.max_publisher_bitrate
+        self.remb_bitrate = 0
         self.sender_report: SenderReportInfo | None = None
         #: RFC 6464 audio level of the last packet: (voice activity, -dBov), and when.
         self.audio_level: tuple[bool, int] | None = None
@@ -380,6 +396,8 @@ class Router:
             stats.retransmissions += 1
         elif producer.reception is not None:
             producer.reception.on_packet(ext_seq, header.timestamp, now)
+            if producer.estimator is not None:
+                self._estimate(producer, data, header, now)
         if ext_seq > previous_highest:
             producer.last_timestamp = header.timestamp
             producer.last_arrival = now
@@ -566,6 +584,27 @@ class Router:
         self.keyframe_requests_sent += 1
         producer.sink.send_rtcp(rtcp.build_pli(producer.rtcp_ssrc, producer.ssrc))
 
+    @staticmethod
+    def _estimate(producer: Producer, data: bytes, header: RtpHeader, now: float) -> None:
+        """Feed the uplink estimator; send REMB (draft-alvestrand-rmcat-remb) when it updates."""
+        assert producer.estimator is not None and producer.abs_send_time_ext_id is not None
+        element = header.extensions.get(producer.abs_send_time_ext_id)
+        if element is None or element[1] != 3:
+            return
+        pos = element[0]
+        abs_send_time = (data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2]
+        result = producer.estimator.add(
+            int(now * 1000),
+            abs_send_time,
+            header.payload_end - header.payload_offset,
+            header.ssrc,
+        )
+        if result is not None and producer.ssrc is not None:
+            producer.remb_bitrate = min(result[0], producer.max_bitrate)
+            producer.sink.send_rtcp(
+                rtcp.build_remb(producer.rtcp_ssrc, producer.remb_bitrate, [producer.ssrc])
+            )
+
     def _nack_upstream(self, producer: Producer, seqs: list[int]) -> None:
         if producer.ssrc is None:
             return
@@ -622,8 +661,9 @@ class Router:
         if out is None:
             return
         if consumer.rtx_payload_type is not None and consumer.rtx_ssrc is not None:
-            out = wrap_rtx(out, consumer.rtx_payload_type, consumer.rtx_seq & 0xFFFF,
-                           consumer.rtx_ssrc)
+            out = wrap_rtx(
+                out, consumer.rtx_payload_type, consumer.rtx_seq & 0xFFFF, consumer.rtx_ssrc
+            )
             consumer.rtx_seq += 1
         if len(consumer.resent) >= _MAX_RESENT:
             consumer.resent.clear()

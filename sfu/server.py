@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
+from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
@@ -217,7 +218,9 @@ class Sfu:
             peer.sources[str(transceiver.mid)] = producer.id
             tracks.append(
                 TrackInfo(
-                    f"{peer_id}:{transceiver.mid}", producer.kind, producer.codec.mime_type,
+                    f"{peer_id}:{transceiver.mid}",
+                    producer.kind,
+                    producer.codec.mime_type,
                     producer.id,
                 )
             )
@@ -410,9 +413,7 @@ class Sfu:
     def _add_transceiver(self, peer: Peer, producer: Producer) -> Any:
         """A send-only m-section offering exactly the producer's codec (and RTX)."""
         transceiver = peer.pc.addTransceiver(producer.kind, direction="sendonly")
-        transceiver.setCodecPreferences(
-            _codec_preferences(producer, self._negotiated[producer.id])
-        )
+        transceiver.setCodecPreferences(_codec_preferences(producer, self._negotiated[producer.id]))
         # One MediaStream (msid) per publisher, so receivers lip-sync its tracks.
         transceiver.sender._stream_id = producer.id.rsplit(":", 1)[0]
         return transceiver
@@ -486,6 +487,7 @@ class Sfu:
             rtx_payload_type=_rtx_payload_type(codecs, primary.payloadType),
             audio_level_ext_id=ext_ids.get(URI_AUDIO_LEVEL),
             abs_send_time_ext_id=ext_ids.get(URI_ABS_SEND_TIME),
+            estimator=RemoteBitrateEstimator() if info.is_video else None,
         )
 
     def _on_receiver_ready(self, peer: Peer, params: RTCRtpReceiveParameters) -> None:

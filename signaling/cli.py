@@ -86,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # aioice logs every candidate pair check at INFO: noise with hundreds of peers.
+        logging.getLogger("aioice").setLevel(logging.WARNING)
     if args.command is None:
         parser.print_help()
         return 0

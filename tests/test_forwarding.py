@@ -82,6 +82,22 @@ async def test_five_subscribers_decode_forwarded_audio_and_video(sfu: Sfu, codec
         assert await wait_for(lambda: sfu.active_speaker() == audio_id, timeout=3)
         levels = [p["audio_level_dbov"] for p in sfu.stats()["producers"] if p["id"] == audio_id]
         assert levels[0] is not None and -40 < levels[0] < 0
+        # The SFU's uplink estimate reaches the publisher as REMB and drives its
+        # encoder's target bitrate (aiortc clamps it to its codec's range).
+        sender = next(t.sender for t in pub.getTransceivers() if t.kind == "video")
+        video_producer = sfu.router.producers[producers[0].id]
+
+        from aiortc.codecs import h264, vpx
+
+        limits = h264 if codec == "video/H264" else vpx
+
+        def encoder_follows_remb() -> bool:
+            encoder = sender._RTCRtpSender__encoder
+            remb = video_producer.remb_bitrate
+            expected = max(limits.MIN_BITRATE, min(remb, limits.MAX_BITRATE))
+            return encoder is not None and remb > 0 and encoder.target_bitrate == expected
+
+        assert await wait_for(encoder_follows_remb, timeout=10)
         stats = sfu.stats()
         assert stats["subscribers"] == 5 and stats["publishers"] == 1
         for consumer in stats["consumers"]:
