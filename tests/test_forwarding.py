@@ -152,8 +152,12 @@ async def test_lossy_subscriber_recovers_by_nack_without_disturbing_others(sfu: 
         clean_frames = min(s.track("video").frames for s in clean)
         video = lossy.track("video")
         assert dropped[0] > 20, "the wrapper dropped packets"
-        # Every frame is repaired: nothing is skipped until a new keyframe.
-        assert video.frames >= 0.98 * clean_frames, (video.frames, clean_frames)
+        # Losses are repaired by retransmission, not by skipping to a new
+        # keyframe: no keyframe was requested, and the lossy subscriber decoded
+        # nearly as many frames as the clean ones (the rest were still held in
+        # its jitter buffer, waiting for a repair, when the test stopped).
+        assert sfu.stats()["keyframe_requests_sent"] == 0
+        assert video.frames >= 0.9 * clean_frames, (video.frames, clean_frames)
         # No lasting freeze. aiortc's receiver NACKs a packet again only when
         # a new gap appears, so a lost retransmission can stall it for a few
         # hundred ms (browsers retry every RTT); the bound allows for that.
