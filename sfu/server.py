@@ -242,8 +242,9 @@ class Sfu:
             ice.sdpMid = candidate.get("sdpMid")
             ice.sdpMLineIndex = candidate.get("sdpMLineIndex")
             await peer.pc.addIceCandidate(ice)
-        except (KeyError, ValueError, TypeError, IndexError) as exc:
-            raise SfuError("invalid-candidate", f"cannot use the ICE candidate: {exc}") from exc
+        except (KeyError, ValueError, TypeError, IndexError, AssertionError) as exc:
+            # aiortc's candidate parser asserts on short lines: still the sender's error.
+            raise SfuError("invalid-candidate", f"cannot use the ICE candidate: {exc!r}") from exc
 
     def set_paused(self, producer_id: str, paused: bool) -> None:
         """Stop (or resume) forwarding a producer, e.g. when a moderator mutes it."""

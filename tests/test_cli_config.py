@@ -64,3 +64,16 @@ def test_demo_forwards_to_decoding_subscribers() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK: 2 subscribers decoded forwarded audio and video" in result.stdout
     assert "320x240" in result.stdout
+
+
+def test_default_toml_documents_the_signaling_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    from signaling.config import SignalingConfig, load_config
+
+    monkeypatch.delenv("TELEBRIDGE_SECRET", raising=False)
+    path = ROOT / "configs" / "default.toml"
+    assert load_config(path) == load_config()
+    text = path.read_text()
+    for field in dataclasses.fields(SignalingConfig):
+        assert f"{field.name} =" in text
+    monkeypatch.setenv("TELEBRIDGE_SECRET", "from-the-environment")
+    assert load_config(path).signaling.secret == "from-the-environment"

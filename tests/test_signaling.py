@@ -421,3 +421,43 @@ def test_token_command_and_secret_from_environment() -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "TELEBRIDGE_SECRET" in result.stderr
+
+
+async def test_unpublish_trickle_ice_ping_and_leave(
+    server: tuple[str, Server], http: aiohttp.ClientSession
+) -> None:
+    base, srv = server
+    presenter, viewer = Client(base, http), Client(base, http)
+    try:
+        await presenter.join(token("r6", "presenter"), receive=False)
+        await presenter.publish([PatternVideoTrack(160, 120)])
+        await viewer.join(token("r6", "viewer"))
+        assert await wait_until(lambda: viewer.main("video").frames > 5, 10)
+        # Trickle ICE: a well-formed extra candidate and the end-of-candidates
+        # marker are accepted silently; a broken one is refused.
+        candidate = {
+            "candidate": "candidate:1 1 udp 2130706431 127.0.0.1 9 typ host",
+            "sdpMid": "0",
+            "sdpMLineIndex": 0,
+        }
+        await viewer.send({"type": "ice", "target": "subscribe", "candidate": candidate})
+        await viewer.send({"type": "ice", "target": "subscribe", "candidate": None})
+        with pytest.raises(ProtocolFailure) as failure:
+            await viewer.request(
+                {"type": "ice", "target": "subscribe", "candidate": {"candidate": "candidate:x"}}
+            )
+        assert failure.value.code == "invalid-message"
+        assert (await viewer.request({"type": "ping"}, reply="pong"))["type"] == "pong"
+        # Unpublishing stops the main feed; the viewer is told who publishes.
+        await presenter.request({"type": "unpublish"}, reply="unpublished")
+        await viewer.expect("main-feed", participant=None)
+        update = await viewer.expect("participant-updated")
+        assert update["participant"]["publishing"] is False
+        # Leaving closes the socket and tells the others.
+        await presenter.send({"type": "leave"})
+        assert await wait_until(lambda: presenter.closed.is_set(), 5)
+        await viewer.expect("participant-left", participant=presenter.self_id)
+        assert list(srv.rooms["r6"].members) == [viewer.self_id]
+    finally:
+        await presenter.close()
+        await viewer.close()
