@@ -34,18 +34,34 @@ class PatternVideoTrack(VideoStreamTrack):
         y = np.linspace(40, 120, height, dtype=np.uint8)[:, None]
         self._background = np.repeat(np.repeat(y, width, axis=1)[:, :, None], 3, axis=2)
 
-    async def recv(self) -> VideoFrame:
-        pts, time_base = await self.next_timestamp()
+    def draw(self, n: int) -> np.ndarray:
+        """Frame ``n`` of the pattern as a BGR image (deterministic in ``n``)."""
         image = self._background.copy()
-        n = self.frames
         x = (n * 7) % self.width
-        cv2.rectangle(image, (x, 0), (min(x + self.width // 12, self.width - 1), self.height - 1),
-                      (40, 40, 200), -1)
+        cv2.rectangle(
+            image,
+            (x, 0),
+            (min(x + self.width // 12, self.width - 1), self.height - 1),
+            (40, 40, 200),
+            -1,
+        )
         cx = int(self.width / 2 + self.width / 4 * math.cos(n / 15))
         cy = int(self.height / 2 + self.height / 4 * math.sin(n / 15))
         cv2.circle(image, (cx, cy), max(4, self.height // 10), (200, 200, 240), -1)
-        cv2.putText(image, f"{n:06d}", (8, max(16, self.height // 8)),
-                    cv2.FONT_HERSHEY_SIMPLEX, max(0.4, self.height / 360), (255, 255, 255), 2)
+        cv2.putText(
+            image,
+            f"{n:06d}",
+            (8, max(16, self.height // 8)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            max(0.4, self.height / 360),
+            (255, 255, 255),
+            2,
+        )
+        return image
+
+    async def recv(self) -> VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        image = self.draw(self.frames)
         self.frames += 1
         frame = VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p")
         frame.pts = pts

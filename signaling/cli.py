@@ -67,6 +67,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--name", help="display name (default: the role)")
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds of validity")
+    bench = commands.add_parser(
+        "bench",
+        help="load-test a server with N WebRTC subscribers and report the verdict",
+        description="Capacity bench: synthetic presenter, lightweight subscribers, "
+        "loss/latency/CPU figures, JSON and HTML reports (bench/SCHEMA.md).",
+    )
+    target = bench.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8080")
+    target.add_argument("--spawn", action="store_true", help="start a server and measure it")
+    bench.add_argument("--subscribers", type=int, required=True)
+    bench.add_argument("--bitrate", type=_bitrate, default=2_500_000, help="e.g. 2.5M")
+    bench.add_argument("--size", type=_size, default=(1280, 720), help="WIDTHxHEIGHT")
+    bench.add_argument("--fps", type=int, default=30)
+    bench.add_argument("--codec", choices=["vp8", "h264"], default="vp8")
+    bench.add_argument("--duration", type=float, default=20.0, help="measured seconds")
+    bench.add_argument("--ramp", type=float, default=50.0, help="subscribers joining per second")
+    bench.add_argument(
+        "--impair", help="FRACTION:delay=150ms,jitter=20ms,loss=3%%[,burst=4][,rate=2M]"
+    )
+    bench.add_argument("--client-processes", type=int, default=2)
+    bench.add_argument("--find-max", action="store_true", help="grow the load until the SLO breaks")
+    bench.add_argument("--max-subscribers", type=int, default=2000, help="find-max upper bound")
+    bench.add_argument("--slo", help="e.g. loss=0.5,p99_ms=150")
+    bench.add_argument("--json", help="write the JSON report here")
+    bench.add_argument("--report", help="write the HTML report here")
     micro = commands.add_parser(
         "microbench",
         help="measure the CPU cost of one forwarded packet copy (rewrite+protect+send)",
@@ -121,9 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.ttl <= 0:
                 parser.error("--ttl must be positive")
             print(
-                issue_token(
-                    full.signaling.secret, args.room or "*", args.role, args.name, args.ttl
-                )
+                issue_token(full.signaling.secret, args.room or "*", args.role, args.name, args.ttl)
             )
             return 0
         from signaling.serve import serve
@@ -133,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.port is not None:
             full.signaling.port = args.port
         return _run(serve(full, args.demo_presenter))
+    if args.command == "bench":
+        return _bench(parser, args)
     if args.command == "microbench":
         from bench.fanout import main as microbench
 
@@ -140,6 +165,67 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--subscribers, --packets and --repeats must be positive")
         return microbench(args.subscribers, args.packets, args.repeats, args.json)
     return 2
+
+
+def _bitrate(value: str) -> int:
+    units = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
+    try:
+        scale = units.get(value[-1:].lower(), 1)
+        number = float(value[:-1] if scale != 1 else value) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError("bitrate must look like 2.5M or 800k") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError("bitrate must be positive")
+    return int(number)
+
+
+def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import os
+    import shlex
+
+    from bench.impair import parse_impairment
+    from bench.load import BenchOptions, bench_command
+
+    secret = os.environ.get("TELEBRIDGE_SECRET", "")
+    if args.spawn and not secret:
+        import secrets
+
+        secret = secrets.token_hex(32)
+    if not secret:
+        parser.error("--url needs TELEBRIDGE_SECRET (the server's) to mint tokens")
+    if args.subscribers < 1 or args.duration <= 0 or args.ramp <= 0 or args.fps <= 0:
+        parser.error("--subscribers, --duration, --ramp and --fps must be positive")
+    options = BenchOptions(
+        subscribers=args.subscribers,
+        url=args.url.rstrip("/") if args.url else None,
+        spawn=args.spawn,
+        bitrate=args.bitrate,
+        width=args.size[0],
+        height=args.size[1],
+        fps=args.fps,
+        codec=args.codec,
+        duration=args.duration,
+        ramp=args.ramp,
+        client_processes=max(1, args.client_processes),
+        secret=secret,
+        command="telebridge " + shlex.join(sys.argv[1:]),
+    )
+    if args.impair:
+        try:
+            options.impair_fraction, options.impairment = parse_impairment(args.impair)
+        except ValueError as exc:
+            parser.error(f"--impair: {exc}")
+    if args.slo or args.find_max:
+        slo = dict(item.split("=", 1) for item in (args.slo or "loss=0.5,p99_ms=150").split(","))
+        try:
+            options.slo_loss_pct = float(slo.pop("loss")) if "loss" in slo else None
+            options.slo_p99_ms = float(slo.pop("p99_ms")) if "p99_ms" in slo else None
+        except ValueError:
+            parser.error("--slo values must be numbers")
+        if slo:
+            parser.error(f"--slo: unknown keys {sorted(slo)}")
+    limit = args.max_subscribers if args.find_max else None
+    return _run(bench_command(options, args.json, args.report, limit))
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:

@@ -1,0 +1,676 @@
+"""``telebridge bench``: an honest capacity verdict for ops.
+
+One run: (optionally) spawn a server, publish the synthetic feed (encoded
+once, `bench.feed`), ramp up N lightweight subscribers spread over client
+processes (`bench.subscriber`), measure for ``duration`` seconds, and write
+the JSON report (`bench/SCHEMA.md`) and the HTML report (`bench.report`).
+The server's CPU and memory come from ``/proc`` (the server process and its
+children); its forwarded packet count from its ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiortc import RTCRtpSender, RTCSessionDescription
+
+from bench.clients import LoopbackPeerConnection
+from bench.feed import EncodedLoopTrack, encode_loop
+from bench.impair import Impairment
+from bench.subscriber import LATENCY_BIN_S, Drain, LeanSubscriber
+from bench.synthetic import ToneAudioTrack
+from signaling.tokens import issue_token
+
+logger = logging.getLogger(__name__)
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class BenchOptions:
+    """What one bench run does (the command-line options)."""
+
+    subscribers: int
+    url: str | None = None
+    spawn: bool = False
+    bitrate: int = 2_500_000
+    width: int = 1280
+    height: int = 720
+    fps: int = 30
+    codec: str = "vp8"
+    duration: float = 20.0
+    ramp: float = 50.0
+    impair_fraction: float = 0.0
+    impairment: Impairment | None = None
+    client_processes: int = 2
+    slo_loss_pct: float | None = None
+    slo_p99_ms: float | None = None
+    secret: str = ""
+    room: str = "bench"
+    command: str = ""
+    server_args: list[str] = field(default_factory=list)
+    quiet: bool = False
+
+
+# ------------------------------------------------------------------ server
+
+
+class SpawnedServer:
+    """``telebridge serve`` in a child process on a free loopback port."""
+
+    def __init__(self, secret: str, args: list[str]) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        env = {**os.environ, "TELEBRIDGE_SECRET": secret}
+        config = Path(os.environ.get("TMPDIR", "/tmp")) / f"telebridge-bench-{self.port}.toml"
+        # Bench clients hammer the signaling socket at ramp-up: raise the limits.
+        config.write_text(
+            "[signaling]\nrate_limit = 1000.0\nrate_burst = 1000\nmax_participants = 100000\n"
+        )
+        self.config = config
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "signaling.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--config",
+                str(config),
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError("the spawned server exited at start-up")
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with http.get(f"{self.url}/healthz") as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(0.2)
+        raise RuntimeError("the spawned server did not become ready")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.config.unlink(missing_ok=True)
+
+
+def process_tree_cpu(pid: int) -> tuple[float, float]:
+    """(CPU seconds, RSS MiB) of a process and its live children, from /proc."""
+    cpu = 0.0
+    rss = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        this, parent = int(entry.name), int(fields[1])
+        if this != pid and parent != pid:
+            continue
+        cpu += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        rss += int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+    return cpu, rss
+
+
+async def server_counters(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """The server's Prometheus counters (telebridge_*)."""
+    async with http.get(f"{url}/metrics") as response:
+        text = await response.text()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("telebridge_"):
+            name, value = line.split()[:2]
+            values[name] = float(value)
+    return values
+
+
+# --------------------------------------------------------------- presenter
+
+
+class Presenter:
+    """The synthetic presenter: the pre-encoded feed and a tone, over the real protocol."""
+
+    def __init__(self, options: BenchOptions) -> None:
+        self.options = options
+        loop_frames = 4 * options.fps
+        self.frames = encode_loop(
+            options.codec, options.width, options.height, options.fps, options.bitrate, loop_frames
+        )
+        self.track: EncodedLoopTrack | None = None
+        self.pc: LoopbackPeerConnection | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+
+    async def start(self, http: aiohttp.ClientSession, url: str, token: str) -> None:
+        self.ws = await http.ws_connect(f"{url}/ws", heartbeat=20)
+        await self.ws.send_json({"type": "join", "token": token, "protocol": 1, "receive": False})
+        self.track = EncodedLoopTrack(self.frames, self.options.fps)
+        pc = LoopbackPeerConnection()
+        video = pc.addTransceiver(self.track, direction="sendonly")
+        mime = f"video/{self.options.codec}".lower()
+        video.setCodecPreferences(
+            [
+                c
+                for c in RTCRtpSender.getCapabilities("video").codecs
+                if c.mimeType.lower() in (mime, "video/rtx")
+            ]
+        )
+        # A keyframe request restarts the encoded loop at its keyframe.
+        setattr(video.sender, "_send_keyframe", self.track.request_keyframe)  # noqa: B010
+        pc.addTransceiver(ToneAudioTrack(), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        await self.ws.send_json({"type": "publish", "sdp": pc.localDescription.sdp})
+        while True:
+            message = await self.ws.receive(timeout=30)
+            if message.type != aiohttp.WSMsgType.TEXT:
+                raise RuntimeError("the server closed the presenter's socket")
+            data = json.loads(message.data)
+            if data.get("type") == "error":
+                raise RuntimeError(f"presenter refused: {data.get('code')}: {data.get('message')}")
+            if data.get("type") == "published":
+                await pc.setRemoteDescription(RTCSessionDescription(data["sdp"], "answer"))
+                break
+        self.pc = pc
+
+    @property
+    def keyframe_requests(self) -> int:
+        return self.track.keyframe_requests if self.track else 0
+
+    async def stop(self) -> None:
+        if self.pc is not None:
+            await self.pc.close()
+        if self.ws is not None:
+            await self.ws.close()
+
+
+# ------------------------------------------------------------ client worker
+
+
+@dataclass
+class SubscriberPlan:
+    name: str
+    token: str
+    start_after: float
+    impairment: Impairment | None
+    seed: int
+
+
+def client_worker(url: str, plans: list[SubscriberPlan], pipe: Connection) -> None:
+    """Entry point of a client process: run its subscribers, answer the parent's commands."""
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(_client_main(url, plans, pipe))
+
+
+async def _client_main(url: str, plans: list[SubscriberPlan], pipe: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    drain = Drain()
+    subscribers: list[LeanSubscriber] = []
+    window = {"start": 0.0, "cpu": 0.0, "packets": 0}
+    async with aiohttp.ClientSession() as http:
+        started = time.monotonic()
+
+        async def ramp() -> None:
+            for plan in plans:
+                delay = started + plan.start_after - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                subscriber = LeanSubscriber(
+                    plan.name, url, plan.token, http, drain, plan.impairment, plan.seed
+                )
+                subscribers.append(subscriber)
+                await subscriber.start()
+
+        ramp_task = asyncio.ensure_future(ramp())
+        while True:
+            ready = await loop.run_in_executor(None, pipe.poll, 0.5)
+            if not ready:
+                continue
+            command = pipe.recv()
+            if command == "progress":
+                pipe.send(
+                    {
+                        "started": len(subscribers),
+                        "connected": sum(1 for s in subscribers if s.connected_at is not None),
+                        "receiving": sum(1 for s in subscribers if s.stats.packets > 0),
+                        "packets": sum(s.stats.packets for s in subscribers),
+                        "bytes": sum(s.stats.bytes for s in subscribers),
+                        "errors": [s.error for s in subscribers if s.error][:3],
+                    }
+                )
+            elif command == "window":
+                for subscriber in subscribers:
+                    subscriber.reset_window()
+                window = {
+                    "start": time.monotonic(),
+                    "cpu": time.process_time(),
+                    "packets": drain.packets,
+                }
+                pipe.send("ok")
+            elif command == "collect":
+                elapsed = time.monotonic() - window["start"]
+                pipe.send(
+                    {
+                        "results": [s.result(elapsed) for s in subscribers],
+                        "cpu_s": time.process_time() - window["cpu"],
+                        "packets": drain.packets - int(window["packets"]),
+                        "elapsed_s": elapsed,
+                    }
+                )
+            elif command == "stop":
+                ramp_task.cancel()
+                await asyncio.gather(*(s.close() for s in subscribers), return_exceptions=True)
+                pipe.send("stopped")
+                return
+
+
+# ---------------------------------------------------------------- one run
+
+
+def _percentiles_ms(histogram: np.ndarray, quantiles: tuple[float, ...]) -> dict[str, float | None]:
+    total = int(histogram.sum())
+    names = {0.5: "p50", 0.95: "p95", 0.99: "p99"}
+    if total == 0:
+        return {names[q]: None for q in quantiles}
+    cumulative = np.cumsum(histogram)
+    return {
+        names[q]: round(
+            (int(np.searchsorted(cumulative, q * total)) + 0.5) * LATENCY_BIN_S * 1000, 2
+        )
+        for q in quantiles
+    }
+
+
+def _quantiles(values: list[float], quantiles: tuple[float, ...]) -> dict[str, float | None]:
+    names = {0.5: "p50", 0.95: "p95", 0.99: "p99"}
+    if not values:
+        return {names[q]: None for q in quantiles}
+    return {names[q]: round(float(np.quantile(values, q)), 1) for q in quantiles}
+
+
+def summarize_group(results: list[dict[str, Any]], impairment: Impairment | None) -> dict[str, Any]:
+    """The GROUP object of the schema for these subscribers' results."""
+    expected = sum(r["expected"] for r in results)
+    histogram = sum((r["latency_histogram"] for r in results), np.zeros(1, dtype=np.int64))
+    per_subscriber = [{k: v for k, v in r.items() if k != "latency_histogram"} for r in results]
+    return {
+        "subscribers": len(results),
+        "impairment": impairment.describe() if impairment else None,
+        "loss_pct": round(100 * sum(r["lost"] for r in results) / expected, 3)
+        if expected
+        else None,
+        "loss_pct_before_recovery": (
+            round(100 * sum(r["lost_before_recovery"] for r in results) / expected, 3)
+            if expected
+            else None
+        ),
+        "latency_ms": _percentiles_ms(histogram, (0.5, 0.95, 0.99)),
+        "first_frame_ms": _quantiles(
+            [r["first_frame_ms"] for r in results if r["first_frame_ms"] is not None], (0.5, 0.95)
+        ),
+        "freezes": sum(r["freezes"] for r in results),
+        "freeze_s": round(sum(r["freeze_s"] for r in results), 3),
+        "bitrate_bps": int(np.mean([r["bitrate_bps"] for r in results])) if results else 0,
+        "per_subscriber": per_subscriber,
+    }
+
+
+async def run_once(options: BenchOptions) -> dict[str, Any]:
+    """One bench run at ``options.subscribers``; returns the report dict."""
+    if not options.secret:
+        raise ValueError("the token secret is needed (TELEBRIDGE_SECRET)")
+    spawned: SpawnedServer | None = None
+    url = options.url
+    if options.spawn:
+        spawned = SpawnedServer(options.secret, options.server_args)
+        url = spawned.url
+    assert url is not None
+    started_at = datetime.datetime.now(datetime.UTC)
+    room = f"{options.room}-{secrets.token_hex(3)}"
+    ctx = multiprocessing.get_context("spawn")
+    workers: list[tuple[Any, Connection]] = []
+    presenter: Presenter | None = None
+    try:
+        if spawned is not None:
+            await spawned.wait_ready()
+        presenter = Presenter(options)
+        async with aiohttp.ClientSession() as http:
+            token = issue_token(options.secret, room, "presenter", "Bench presenter", 7200)
+            await presenter.start(http, url, token)
+            impaired = round(options.subscribers * options.impair_fraction)
+            plans = [
+                SubscriberPlan(
+                    name=f"bench-{i}",
+                    token=issue_token(options.secret, room, "viewer", f"bench-{i}", 7200),
+                    start_after=i / options.ramp,
+                    impairment=options.impairment if i < impaired else None,
+                    seed=i,
+                )
+                for i in range(options.subscribers)
+            ]
+            processes = max(1, min(options.client_processes, options.subscribers))
+            for index in range(processes):
+                parent, child = ctx.Pipe()
+                share = plans[index::processes]
+                process = ctx.Process(target=client_worker, args=(url, share, child), daemon=True)
+                process.start()
+                workers.append((process, parent))
+
+            def ask(command: str) -> list[Any]:
+                for _, pipe in workers:
+                    pipe.send(command)
+                return [pipe.recv() for _, pipe in workers]
+
+            # Ramp up: wait for every subscriber to receive media (bounded).
+            deadline = time.monotonic() + options.subscribers / options.ramp + 30
+            while time.monotonic() < deadline:
+                await asyncio.sleep(1.0)
+                progress = await asyncio.to_thread(ask, "progress")
+                receiving = sum(p["receiving"] for p in progress)
+                _log(
+                    options,
+                    f"ramp: {sum(p['connected'] for p in progress)} connected, "
+                    f"{receiving}/{options.subscribers} receiving",
+                )
+                if receiving >= options.subscribers:
+                    break
+            await asyncio.sleep(1.0)
+
+            server_pid = spawned.process.pid if spawned else None
+            await asyncio.to_thread(ask, "window")
+            counters_start = await server_counters(http, url)
+            cpu_start, _ = process_tree_cpu(server_pid) if server_pid else (0.0, 0.0)
+            wall_start = time.monotonic()
+            timeline: list[dict[str, Any]] = []
+            last_cpu, last_wall, last_bytes = cpu_start, wall_start, 0
+            while time.monotonic() - wall_start < options.duration:
+                await asyncio.sleep(1.0)
+                progress = await asyncio.to_thread(ask, "progress")
+                now = time.monotonic()
+                cpu, _ = process_tree_cpu(server_pid) if server_pid else (0.0, 0.0)
+                received = sum(p["bytes"] for p in progress)
+                sample = {
+                    "t": round(now - wall_start, 1),
+                    "subscribers": sum(p["receiving"] for p in progress),
+                    "server_cpu_pct": round(100 * (cpu - last_cpu) / (now - last_wall), 1)
+                    if server_pid
+                    else None,
+                    "bitrate_bps": int(
+                        (received - last_bytes)
+                        * 8
+                        / (now - last_wall)
+                        / max(1, options.subscribers)
+                    ),
+                }
+                timeline.append(sample)
+                last_cpu, last_wall, last_bytes = cpu, now, received
+                _log(
+                    options,
+                    f"t={sample['t']:5.1f}s receiving {sample['subscribers']} "
+                    f"server CPU {sample['server_cpu_pct']} % "
+                    f"bitrate/sub {sample['bitrate_bps'] / 1e6:.2f} Mbit/s",
+                )
+            collected = await asyncio.to_thread(ask, "collect")
+            wall = time.monotonic() - wall_start
+            counters_end = await server_counters(http, url)
+            cpu_end, rss = process_tree_cpu(server_pid) if server_pid else (0.0, 0.0)
+            await asyncio.to_thread(ask, "stop")
+    finally:
+        for process, _ in workers:
+            process.join(timeout=15)
+            if process.is_alive():
+                process.kill()
+        if presenter is not None:
+            await presenter.stop()
+        if spawned is not None:
+            spawned.stop()
+
+    results = [r for c in collected for r in c["results"]]
+    clean = [r for r in results if not r["impaired"]]
+    impaired_results = [r for r in results if r["impaired"]]
+    groups = {
+        "clean": summarize_group(clean, None),
+        "impaired": summarize_group(impaired_results, options.impairment)
+        if impaired_results
+        else None,
+    }
+    overall = summarize_group(results, None)
+    connected = sum(1 for r in results if r["packets"] > 0)
+    packets_out = counters_end.get("telebridge_packets_out_total", 0) - counters_start.get(
+        "telebridge_packets_out_total", 0
+    )
+    server_cpu = cpu_end - cpu_start
+    client_cpu = sum(c["cpu_s"] for c in collected)
+    client_packets = sum(c["packets"] for c in collected)
+    report: dict[str, Any] = {
+        "schema": 1,
+        "started_at": started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": options.command,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu_model": _cpu_model(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "server_url": url,
+        "subscribers_requested": options.subscribers,
+        "subscribers_connected": connected,
+        "duration_s": round(wall, 1),
+        "bitrate_bps": options.bitrate,
+        "measured_bitrate_bps": overall["bitrate_bps"],
+        "size": f"{options.width}x{options.height}",
+        "fps": options.fps,
+        "codec": options.codec,
+        "loss_pct": overall["loss_pct"],
+        "loss_pct_before_recovery": overall["loss_pct_before_recovery"],
+        "latency_ms": overall["latency_ms"],
+        "first_frame_ms": overall["first_frame_ms"],
+        "connect_ms": _quantiles(
+            [r["connect_ms"] for r in results if r["connect_ms"] is not None], (0.5, 0.95)
+        ),
+        "jitter_ms": _quantiles(
+            [r["jitter_ms"] for r in results if r["jitter_ms"] is not None], (0.5, 0.95)
+        ),
+        "freezes": overall["freezes"],
+        "freeze_s": overall["freeze_s"],
+        "keyframe_requests_to_publisher": presenter.keyframe_requests if presenter else 0,
+        "server": {
+            "cpu_pct": round(100 * server_cpu / wall, 1) if server_pid else None,
+            "rss_mb": round(rss, 1) if server_pid else None,
+            "rss_mb_per_subscriber": round(rss / max(1, connected), 3) if server_pid else None,
+            "us_per_packet": round(server_cpu * 1e6 / packets_out, 2)
+            if server_pid and packets_out
+            else None,
+            "packets_out": int(packets_out),
+        },
+        "client": {
+            "cpu_pct": round(100 * client_cpu / wall, 1),
+            "us_per_packet": round(client_cpu * 1e6 / client_packets, 2)
+            if client_packets
+            else None,
+            "processes": len(collected),
+        },
+        "groups": groups,
+        "timeline": timeline,
+        "find_max": None,
+        "errors": sorted({r["error"] for r in results if r["error"]})[:5],
+    }
+    if options.slo_loss_pct is not None or options.slo_p99_ms is not None:
+        report["slo"] = slo_verdict(report, options)
+    return report
+
+
+def slo_verdict(report: dict[str, Any], options: BenchOptions) -> dict[str, Any]:
+    """Whether the run held the SLO: everyone connected, loss and p99 latency within bounds."""
+    loss = report["loss_pct"] if report["loss_pct"] is not None else 100.0
+    p99 = report["latency_ms"]["p99"]
+    held = report["subscribers_connected"] == report["subscribers_requested"]
+    if options.slo_loss_pct is not None:
+        held = held and loss <= options.slo_loss_pct
+    if options.slo_p99_ms is not None:
+        held = held and p99 is not None and p99 <= options.slo_p99_ms
+    return {"loss_pct": options.slo_loss_pct, "p99_ms": options.slo_p99_ms, "held": held}
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _log(options: BenchOptions, text: str) -> None:
+    if not options.quiet:
+        print(text, flush=True)
+
+
+# ------------------------------------------------------------- the command
+
+
+async def find_max(options: BenchOptions, limit: int) -> dict[str, Any]:
+    """Grow the load by half each step until the SLO breaks; report the largest that held."""
+    steps: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    count = options.subscribers
+    while count <= limit:
+        step_options = BenchOptions(**{**options.__dict__, "subscribers": count})
+        _log(options, f"find-max: {count} subscribers")
+        report = await run_once(step_options)
+        slo = report["slo"]
+        steps.append(
+            {
+                "subscribers": count,
+                "held": slo["held"],
+                "loss_pct": report["loss_pct"],
+                "p99_ms": report["latency_ms"]["p99"],
+                "server_cpu_pct": report["server"]["cpu_pct"],
+            }
+        )
+        if not slo["held"]:
+            break
+        best = report
+        count = max(count + 1, int(count * 1.5))
+    final = best if best is not None else report
+    final["find_max"] = {
+        "slo": {"loss_pct": options.slo_loss_pct, "p99_ms": options.slo_p99_ms},
+        "steps": steps,
+        "max_subscribers": best["subscribers_requested"] if best else 0,
+    }
+    return final
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """A plain-text summary for the terminal."""
+    server, client = report["server"], report["client"]
+    rows = [
+        ("subscribers", f"{report['subscribers_connected']} of {report['subscribers_requested']}"),
+        (
+            "feed",
+            f"{report['codec']} {report['size']}@{report['fps']} "
+            f"{report['bitrate_bps'] / 1e6:.1f} Mbit/s (received "
+            f"{report['measured_bitrate_bps'] / 1e6:.2f})",
+        ),
+        (
+            "loss after / before NACK",
+            f"{report['loss_pct']} % / {report['loss_pct_before_recovery']} %",
+        ),
+        ("latency p50/p95/p99 ms", "/".join(str(v) for v in report["latency_ms"].values())),
+        ("first frame p50/p95 ms", "/".join(str(v) for v in report["first_frame_ms"].values())),
+        ("freezes", f"{report['freezes']} ({report['freeze_s']} s)"),
+        ("keyframe requests to publisher", str(report["keyframe_requests_to_publisher"])),
+        (
+            "server CPU",
+            f"{server['cpu_pct']} % of one core, {server['us_per_packet']} µs/packet copy",
+        ),
+        (
+            "server memory",
+            f"{server['rss_mb']} MiB ({server['rss_mb_per_subscriber']} MiB/subscriber)",
+        ),
+        (
+            "client CPU",
+            f"{client['cpu_pct']} % ({client['us_per_packet']} µs/packet, "
+            f"{client['processes']} processes)",
+        ),
+    ]
+    impaired = report["groups"].get("impaired")
+    if impaired:
+        clean = report["groups"]["clean"]
+        rows.append(
+            ("clean group loss / p99", f"{clean['loss_pct']} % / {clean['latency_ms']['p99']} ms")
+        )
+        rows.append(
+            (
+                "impaired loss after/before",
+                f"{impaired['loss_pct']} % / "
+                f"{impaired['loss_pct_before_recovery']} %, freezes {impaired['freezes']}",
+            )
+        )
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+async def bench_command(
+    options: BenchOptions,
+    json_path: str | None,
+    report_path: str | None,
+    find_max_limit: int | None,
+) -> int:
+    """Run the bench (or a find-max series) and write its outputs."""
+    from bench.report import verdict, write_report
+
+    if find_max_limit is not None:
+        report = await find_max(options, find_max_limit)
+    else:
+        report = await run_once(options)
+    report["verdict"] = verdict(report)
+    print(summary_table(report))
+    print(report["verdict"])
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2, default=_json_default))
+    if report_path:
+        write_report(report, report_path)
+    return 0 if report["subscribers_connected"] else 1
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    raise TypeError(f"cannot serialise {type(value)}")

@@ -1,0 +1,547 @@
+"""Lightweight bench subscribers: real WebRTC receivers that never decode.
+
+Each one joins over the real protocol (WebSocket, JWT, the SFU's offer and
+its answer), completes ICE, DTLS and SRTP with aiortc, then takes its UDP
+socket away from aiortc: a process-wide drain reads every subscriber's
+socket in batches a few milliseconds apart (``recv`` until empty), unprotects
+SRTP itself and keeps counters. It sends what a real receiver sends: RTCP
+receiver reports every second, NACKs for gaps (retried like a browser),
+PLI when a packet is given up, and it answers the SFU's STUN consent checks.
+
+What a subscriber measures (``SubscriberStats``): connect time, time to the
+first keyframe, packets, loss before and after NACK recovery, RFC 3550
+jitter, bitrate, end-to-end latency (the presenter's abs-send-time → the
+receive time; one machine, one clock), and freezes (gaps over 200 ms
+between video frames).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import selectors
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
+from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
+
+from bench.impair import ImpairedPath, Impairment
+from sfu import rtcp
+from sfu.codecs import codec_info
+from sfu.nack import NackTracker
+from sfu.reception import ReceptionStats
+from sfu.rtp import URI_ABS_SEND_TIME, RtpError, SequenceUnwrapper, parse
+from sfu.transport import ForwardingPeerConnection, PeerSink
+
+logger = logging.getLogger(__name__)
+
+#: Latency histogram: 0.1 ms bins up to 5 s.
+LATENCY_BIN_S = 0.0001
+LATENCY_BINS = 50_000
+FREEZE_S = 0.2
+#: How often NACK retries are due and receiver reports (every second) are checked.
+TICK_S = 0.02
+
+
+@dataclass
+class StreamState:
+    """Receive state of one incoming stream (main video or main audio)."""
+
+    kind: str
+    ssrc: int
+    payload_type: int
+    rtx_payload_type: int | None
+    clock_rate: int
+    keyframe_start: Any
+    unwrapper: SequenceUnwrapper = field(default_factory=SequenceUnwrapper)
+    reception: ReceptionStats | None = None
+    nacks: NackTracker | None = None
+    seen: set[int] = field(default_factory=set)
+    #: Extended sequence numbers bounding this window's packets (-1: none yet).
+    first: int = -1
+    last: int = -1
+
+    def expected(self) -> int:
+        return 0 if self.first < 0 else self.last - self.first + 1
+
+
+@dataclass
+class SubscriberStats:
+    """What one subscriber measured in the current window."""
+
+    packets: int = 0
+    bytes: int = 0
+    lost_before_recovery: int = 0
+    recovered: int = 0
+    gave_up: int = 0
+    freezes: int = 0
+    freeze_s: float = 0.0
+    last_frame_at: float | None = None
+    latency: np.ndarray = field(default_factory=lambda: np.zeros(LATENCY_BINS, dtype=np.int64))
+
+
+class LeanSubscriber:
+    """One bench subscriber."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        token: str,
+        http: aiohttp.ClientSession,
+        drain: Drain,
+        impairment: Impairment | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.name = name
+        self.drain = drain
+        self.base_url = base_url
+        self.token = token
+        self.http = http
+        self.impairment = impairment
+        self.seed = seed
+        self.pc: ForwardingPeerConnection | None = None
+        self.sink: PeerSink | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.streams: dict[int, StreamState] = {}  # by media SSRC (and RTX SSRC)
+        self.params: dict[str, RTCRtpReceiveParameters] = {}
+        self.abs_send_time_id: int | None = None
+        self.rtcp_ssrc = 0
+        self.join_sent = 0.0
+        self.connected_at: float | None = None
+        self.first_keyframe_at: float | None = None
+        self.stats = SubscriberStats()
+        self.path: ImpairedPath | None = None
+        self.sock: Any = None
+        self.protocol: Any = None
+        self.remote: tuple[str, int] | None = None
+        self.error: str | None = None
+        self._last_pli = 0.0
+        self._task: asyncio.Task[None] | None = None
+        #: aioice's own receive function per socket, before impairment wrapping.
+        self._stun_receive: dict[Any, Any] = {}
+        self._protect_rtcp: Any = None
+
+    # ------------------------------------------------------------ signaling
+
+    async def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        try:
+            self.ws = await self.http.ws_connect(f"{self.base_url}/ws", heartbeat=20)
+            self.join_sent = time.time()
+            await self.ws.send_json({"type": "join", "token": self.token, "protocol": 1})
+            async for message in self.ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                data = json.loads(message.data)
+                kind = data.get("type")
+                if kind == "offer":
+                    await self._answer(data)
+                elif kind == "error":
+                    self.error = f"{data.get('code')}: {data.get('message')}"
+                    logger.warning("%s: %s", self.name, self.error)
+                elif kind in ("removed", "room-ended"):
+                    break
+        except (aiohttp.ClientError, OSError) as exc:
+            self.error = f"connection: {exc}"
+        except asyncio.CancelledError:
+            pass
+
+    async def _answer(self, offer: dict[str, Any]) -> None:
+        if self.pc is None:
+            self.pc = ForwardingPeerConnection(
+                ["127.0.0.1"],
+                self._on_early_rtp,
+                self._on_early_rtcp,
+                self._on_sender_ready,
+                self._on_receiver_ready,
+            )
+            self.sink = PeerSink(self.pc)
+            self.pc.on("connectionstatechange", self._on_state)
+        pc = self.pc
+        await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        if self.impairment is not None and self.path is None:
+            self._impair_ice()
+        assert self.ws is not None
+        await self.ws.send_json({"type": "answer", "sdp": pc.localDescription.sdp})
+
+    def _on_early_rtp(self, data: bytes) -> None:
+        """RTP through aiortc's receive loop, between DTLS up and the drain taking over."""
+        self._handle_rtp(data, time.time())
+
+    def _on_early_rtcp(self, data: bytes) -> None:
+        """The SFU's sender reports: nothing to measure in them."""
+
+    def _on_sender_ready(self, sender: RTCRtpSender, params: RTCRtpSendParameters) -> None:
+        pass
+
+    def _on_receiver_ready(self, receiver: RTCRtpReceiver, params: RTCRtpReceiveParameters) -> None:
+        if not params.codecs:
+            return
+        primary = params.codecs[0]
+        info = codec_info(primary.mimeType)
+        payload_type = primary.payloadType
+        if info is None or payload_type is None:
+            return
+        rtx = next(
+            (
+                c.payloadType
+                for c in params.codecs
+                if c.mimeType.lower().endswith("/rtx")
+                and c.parameters.get("apt") == payload_type
+            ),
+            None,
+        )
+        for ext in params.headerExtensions:
+            if ext.uri == URI_ABS_SEND_TIME:
+                self.abs_send_time_id = ext.id
+        self.rtcp_ssrc = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc", None) or 1
+        for encoding in params.encodings:
+            state = StreamState(
+                kind="video" if info.is_video else "audio",
+                ssrc=encoding.ssrc,
+                payload_type=payload_type,
+                rtx_payload_type=rtx,
+                clock_rate=info.clock_rate,
+                keyframe_start=info.keyframe_start,
+                reception=ReceptionStats(encoding.ssrc, info.clock_rate),
+                nacks=NackTracker(
+                    retry_interval=self._nack_interval(), max_retries=10, max_age=3.0
+                ),
+            )
+            self.streams[encoding.ssrc] = state
+            if encoding.rtx is not None and encoding.rtx.ssrc:
+                self.streams[encoding.rtx.ssrc] = state
+
+    def _nack_interval(self) -> float:
+        """Retry a NACK about once per round trip (a receive-only peer guesses it)."""
+        if self.impairment is None:
+            return 0.05
+        return max(0.05, 2 * (self.impairment.delay_s + self.impairment.jitter_s) + 0.03)
+
+    def _on_state(self) -> None:
+        assert self.pc is not None and self.sink is not None
+        if self.pc.connectionState == "connected" and self.connected_at is None:
+            self.connected_at = time.time()
+            self.sink.bind()
+            self._take_socket()
+
+    # -------------------------------------------------------- the fast path
+
+    def _take_socket(self) -> None:
+        """Stop aiortc reading our socket; the process-wide drain reads it from now on."""
+        assert self.pc is not None
+        dtls = self.pc.getTransceivers()[0].receiver.transport
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            return
+        self.protocol = pair.protocol
+        self.remote = pair.remote_addr
+        transport: Any = pair.protocol.transport  # selector transports can pause reading
+        fileno = transport.get_extra_info("socket").fileno()
+        # A plain duplicate of aioice's socket, read by the drain.
+        self.sock = socket.socket(fileno=os.dup(fileno))
+        self.sock.setblocking(False)
+        self.unprotect = dtls._rx_srtp.unprotect
+        self.unprotect_rtcp = dtls._rx_srtp.unprotect_rtcp
+        self._protect_rtcp = dtls._tx_srtp.protect_rtcp
+        self.stun_receive = self._stun_receive.get(
+            id(pair.protocol), pair.protocol.datagram_received
+        )
+        transport.pause_reading()  # asyncio stops reading it; the drain reads the duplicate
+        self.drain.add(self)
+
+    def _impair_ice(self) -> None:
+        """Put this subscriber's every datagram, both ways, behind the emulated link."""
+        assert self.pc is not None and self.impairment is not None
+        connection = self.pc.getTransceivers()[0].receiver.transport.transport._connection
+        self.path = ImpairedPath(self.impairment, seed=self.seed)
+        path = self.path
+        for protocol in connection._protocols:
+            receive = protocol.datagram_received
+            self._stun_receive[id(protocol)] = receive
+            transport = protocol.transport
+            send = transport.sendto
+
+            def impaired_receive(data: bytes, addr: Any, receive: Any = receive) -> None:
+                path.deliver_later(receive, data, "down", addr)
+
+            def impaired_send(data: bytes, addr: Any = None, send: Any = send) -> None:
+                path.deliver_later(send, data, "up", addr)
+
+            # Instance attributes shadow aioice's and asyncio's methods.
+            setattr(protocol, "datagram_received", impaired_receive)  # noqa: B010
+            setattr(transport, "sendto", impaired_send)  # noqa: B010
+
+    def on_delayed_datagram(self, data: bytes) -> None:
+        """A datagram coming out of the emulated link."""
+        self.on_datagram(data, time.time())
+
+    def on_datagram(self, data: bytes, now: float, now24: int | None = None) -> None:
+        """A datagram read by the drain (after the emulated link, when impaired)."""
+        first = data[0] if data else 0
+        if first < 4:  # STUN (RFC 7983 §7): consent checks go to aioice
+            self.stun_receive(data, self.remote)
+            return
+        if not 127 < first < 192:
+            return  # DTLS after the handshake (close_notify): nothing to do
+        try:
+            if len(data) > 1 and 192 <= data[1] <= 223:
+                self.unprotect_rtcp(data)  # SR from the SFU: authenticated, not used
+                return
+            plain = self.unprotect(data)
+        except Exception:
+            return
+        self._handle_rtp(plain, now, now24)
+
+    def _handle_rtp(self, data: bytes, now: float, now24: int | None = None) -> None:
+        try:
+            header = parse(data)
+        except RtpError:
+            return
+        state = self.streams.get(header.ssrc)
+        if state is None:
+            return
+        stats = self.stats
+        payload_offset = header.payload_offset
+        retransmitted = False
+        seq = header.sequence_number
+        if header.payload_type == state.rtx_payload_type and header.ssrc != state.ssrc:
+            if header.payload_end - payload_offset < 2:
+                return
+            seq = (data[payload_offset] << 8) | data[payload_offset + 1]
+            payload_offset += 2
+            retransmitted = True
+        ext = state.unwrapper.unwrap(seq) if not retransmitted else _extend(state, seq)
+        if ext in state.seen:
+            return
+        previous = state.reception.highest if state.reception else -1
+        state.seen.add(ext)
+        if len(state.seen) > 4096:
+            floor = ext - 2048
+            state.seen = {s for s in state.seen if s > floor}
+        stats.packets += 1
+        stats.bytes += len(data)
+        if state.first < 0:
+            state.first = ext
+        state.last = max(state.last, ext)
+        assert state.nacks is not None and state.reception is not None
+        if retransmitted:
+            stats.recovered += 1
+            state.nacks.on_packet(ext, state.reception.highest, now)
+        else:
+            missing = state.nacks.on_packet(ext, previous, now)
+            if missing and previous >= 0:
+                stats.lost_before_recovery += len(missing)
+                self._send_nack(state, missing)
+            state.reception.on_packet(ext, header.timestamp, now)
+            if ext <= previous:
+                stats.recovered += 1  # a late original filled a gap
+        if state.kind == "video":
+            if self.first_keyframe_at is None and state.keyframe_start(
+                data, payload_offset, header.payload_end
+            ):
+                self.first_keyframe_at = now
+            if header.marker and not retransmitted:
+                last = stats.last_frame_at
+                if last is not None and now - last > FREEZE_S:
+                    stats.freezes += 1
+                    stats.freeze_s += now - last
+                stats.last_frame_at = now
+            if self.abs_send_time_id is not None and not retransmitted:
+                element = header.extensions.get(self.abs_send_time_id)
+                if element is not None and element[1] == 3:
+                    pos = element[0]
+                    sent = (data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2]
+                    if now24 is None:
+                        now24 = abs_send_time(now)
+                    delta = (now24 - sent) & 0xFFFFFF
+                    # "Negative" (sent after the batch's clock reading): count as 0.
+                    latency = 0.0 if delta >= 1 << 23 else delta / (1 << 18)
+                    stats.latency[min(int(latency / LATENCY_BIN_S), LATENCY_BINS - 1)] += 1
+
+    def _send_nack(self, state: StreamState, seqs: list[int]) -> None:
+        self._send_rtcp(rtcp.build_nack(self.rtcp_ssrc, state.ssrc, [s & 0xFFFF for s in seqs]))
+
+    def _send_rtcp(self, packet: bytes) -> None:
+        """Send RTCP now, or through the emulated link's upstream direction."""
+        if self.path is None or self._protect_rtcp is None or self.sock is None:
+            if self.sink is not None:
+                self.sink.send_rtcp(packet)
+            return
+        self.path.deliver_later(_sendto, self._protect_rtcp(packet), "up", self.sock, self.remote)
+
+    def tick(self, now: float, report: bool) -> None:
+        """Periodic: NACK retries, PLI for packets given up, receiver reports."""
+        if self.sink is None:
+            return
+        for state in self._unique_streams():
+            assert state.nacks is not None and state.reception is not None
+            retry, lost = state.nacks.due(now)
+            if retry:
+                self._send_nack(state, retry)
+            if lost:
+                self.stats.gave_up += len(lost)
+                if state.kind == "video" and now - self._last_pli > 1.0:
+                    self._last_pli = now
+                    self._send_rtcp(rtcp.build_pli(self.rtcp_ssrc, state.ssrc))
+            if report:
+                block = state.reception.report_block(now)
+                if block is not None:
+                    self._send_rtcp(rtcp.build_rr(self.rtcp_ssrc, [block]))
+
+    def _unique_streams(self) -> list[StreamState]:
+        return list({id(s): s for s in self.streams.values()}.values())
+
+    def reset_window(self) -> None:
+        self.stats = SubscriberStats(last_frame_at=self.stats.last_frame_at)
+        for state in self._unique_streams():
+            state.first = state.last = -1
+
+    def result(self, window_s: float) -> dict[str, Any]:
+        """This subscriber's figures for the window (see bench/SCHEMA.md)."""
+        stats = self.stats
+        expected = sum(state.expected() for state in self._unique_streams())
+        lost = max(0, expected - stats.packets)
+        counts = stats.latency
+        total = int(counts.sum())
+        jitter = [
+            s.reception.jitter / s.clock_rate * 1000
+            for s in self._unique_streams()
+            if s.reception is not None and s.kind == "video"
+        ]
+        return {
+            "id": self.name,
+            "connect_ms": _ms(self.connected_at, self.join_sent),
+            "first_frame_ms": _ms(self.first_keyframe_at, self.join_sent),
+            "packets": stats.packets,
+            "expected": expected,
+            "lost_before_recovery": stats.lost_before_recovery,
+            "lost": lost,
+            "recovered": stats.recovered,
+            "jitter_ms": round(jitter[0], 3) if jitter else None,
+            "bitrate_bps": int(stats.bytes * 8 / window_s) if window_s > 0 else 0,
+            "latency_p50_ms": _percentile_ms(counts, total, 0.50),
+            "latency_p99_ms": _percentile_ms(counts, total, 0.99),
+            "freezes": stats.freezes,
+            "freeze_s": round(stats.freeze_s, 3),
+            "impaired": self.impairment is not None,
+            "error": self.error,
+            "latency_histogram": counts,
+        }
+
+    async def close(self) -> None:
+        self.drain.discard(self)
+        if self.sock is not None:
+            self.sock.close()
+        if self.path is not None:
+            self.path.close()
+        if self.ws is not None and not self.ws.closed:
+            with contextlib.suppress(Exception):
+                await self.ws.send_json({"type": "leave"})
+                await self.ws.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self.pc is not None:
+            with contextlib.suppress(Exception):
+                await self.pc.close()
+
+
+def abs_send_time(now: float) -> int:
+    """``now`` in the abs-send-time format: 6.18 fixed-point seconds, 24 bits."""
+    return (rtcp.ntp_from_unix(now) >> 14) & 0xFFFFFF
+
+
+def _sendto(data: bytes, sock: Any, remote: tuple[str, int] | None) -> None:
+    with contextlib.suppress(OSError):
+        sock.sendto(data, remote)
+
+
+def _extend(state: StreamState, seq: int) -> int:
+    """Extend a retransmitted sequence number relative to the highest seen."""
+    highest = state.unwrapper.highest
+    if highest < 0:
+        return seq
+    return highest - ((highest - seq) & 0xFFFF)
+
+
+def _ms(later: float | None, earlier: float) -> float | None:
+    return None if later is None else round((later - earlier) * 1000, 1)
+
+
+def _percentile_ms(counts: np.ndarray, total: int, q: float) -> float | None:
+    if total == 0:
+        return None
+    index = int(np.searchsorted(np.cumsum(counts), q * total))
+    return round((index + 0.5) * LATENCY_BIN_S * 1000, 2)
+
+
+class Drain:
+    """Reads every taken-over subscriber socket in batches, a few ms apart."""
+
+    def __init__(self, interval: float = 0.004) -> None:
+        self.interval = interval
+        self.subscribers: set[LeanSubscriber] = set()
+        self.packets = 0
+        self._selector = selectors.DefaultSelector()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, subscriber: LeanSubscriber) -> None:
+        self.subscribers.add(subscriber)
+        self._selector.register(subscriber.sock, selectors.EVENT_READ, subscriber)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    def discard(self, subscriber: LeanSubscriber) -> None:
+        if subscriber in self.subscribers:
+            self.subscribers.discard(subscriber)
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(subscriber.sock)
+
+    async def _run(self) -> None:
+        next_report = time.time() + 1.0
+        next_tick = 0.0
+        while True:
+            await asyncio.sleep(self.interval)
+            now = time.time()
+            now24 = abs_send_time(now)
+            for key, _ in self._selector.select(0):
+                self._drain(key.data, now, now24)
+            if now < next_tick:
+                continue
+            next_tick = now + TICK_S  # NACK retries and reports need no finer clock
+            report = now >= next_report
+            if report:
+                next_report = now + 1.0
+            for subscriber in list(self.subscribers):
+                subscriber.tick(now, report)
+
+    def _drain(self, subscriber: LeanSubscriber, now: float, now24: int) -> None:
+        sock = subscriber.sock
+        recv = sock.recv
+        path = subscriber.path
+        while True:
+            try:
+                data = recv(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            self.packets += 1
+            if path is None:
+                subscriber.on_datagram(data, now, now24)
+            else:
+                path.deliver_later(subscriber.on_delayed_datagram, data, "down")

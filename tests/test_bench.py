@@ -1,0 +1,86 @@
+"""`telebridge bench` end to end: a spawned server, real WebRTC subscribers, the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.impair import parse_impairment
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCHEMA_KEYS = {
+    "subscribers_requested", "subscribers_connected", "duration_s", "bitrate_bps", "loss_pct",
+    "loss_pct_before_recovery", "latency_ms", "first_frame_ms", "freezes",
+    "keyframe_requests_to_publisher", "server", "client", "groups", "verdict",
+}
+
+
+def run_bench(tmp_path: Path, *args: str) -> dict[str, object]:
+    out = tmp_path / "bench.json"
+    html = tmp_path / "bench.html"
+    result = subprocess.run(
+        [sys.executable, "-m", "signaling.cli", "bench", "--spawn", "--size", "320x240",
+         "--bitrate", "400k", "--client-processes", "1", "--json", str(out),
+         "--report", str(html), *args],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report: dict[str, object] = json.loads(out.read_text())
+    assert report["verdict"] in html.read_text()
+    return report
+
+
+def test_small_clean_run_reports_the_schema_and_no_loss(tmp_path: Path) -> None:
+    report = run_bench(tmp_path, "--subscribers", "10", "--duration", "4")
+    assert SCHEMA_KEYS <= set(report)
+    assert report["subscribers_requested"] == 10 and report["subscribers_connected"] == 10
+    assert report["loss_pct"] == 0.0
+    latency = report["latency_ms"]
+    assert isinstance(latency, dict) and set(latency) == {"p50", "p95", "p99"}
+    assert latency["p50"] is not None and 0 < latency["p50"] < 200
+    server = report["server"]
+    client = report["client"]
+    assert isinstance(server, dict) and isinstance(client, dict)
+    assert {"cpu_pct", "rss_mb", "us_per_packet"} <= set(server)
+    assert server["packets_out"] > 0 and server["us_per_packet"] > 0
+    assert {"cpu_pct", "us_per_packet"} <= set(client)
+    groups = report["groups"]
+    assert isinstance(groups, dict) and groups["impaired"] is None
+    clean = groups["clean"]
+    assert clean["subscribers"] == 10
+    for subscriber in clean["per_subscriber"]:
+        assert subscriber["packets"] > 100, subscriber
+        assert subscriber["lost"] == 0
+        assert subscriber["first_frame_ms"] is not None
+    assert str(report["verdict"]).startswith("10 subscribers at 400 kbit/s")
+
+
+def test_impaired_subscribers_recover_and_clean_ones_lose_nothing(tmp_path: Path) -> None:
+    report = run_bench(
+        tmp_path, "--subscribers", "8", "--duration", "8",
+        "--impair", "0.5:delay=150ms,jitter=10ms,loss=3%",
+    )
+    groups = report["groups"]
+    assert isinstance(groups, dict)
+    impaired, clean = groups["impaired"], groups["clean"]
+    assert impaired["subscribers"] == 4 and clean["subscribers"] == 4
+    assert impaired["impairment"]["delay_ms"] == 150
+    # The emulated link dropped packets and NACKs got most of them back.
+    assert impaired["loss_pct_before_recovery"] > 1.0
+    assert impaired["loss_pct"] < 0.5 * impaired["loss_pct_before_recovery"]
+    assert impaired["loss_pct"] < 1.5
+    # The latency of the impaired group shows the link's delay; the clean
+    # group is unaffected.
+    assert impaired["latency_ms"]["p50"] > 140
+    assert clean["loss_pct"] == 0.0
+    assert clean["latency_ms"]["p50"] < 100
+
+
+def test_impairment_option_parses() -> None:
+    fraction, impairment = parse_impairment("25%:delay=300ms,jitter=20ms,loss=3%,burst=4,rate=2M")
+    assert fraction == 0.25
+    assert impairment.describe()["delay_ms"] == 300
+    assert impairment.describe()["rate_bps"] == 2_000_000
