@@ -45,13 +45,10 @@ class LoopbackPeerConnection(RTCPeerConnection):
         return dtls
 
 
-async def publish(
-    sfu: Sfu,
-    peer_id: str,
-    tracks: Sequence[MediaStreamTrack],
-    video_codec: str = "video/VP8",
-) -> tuple[LoopbackPeerConnection, list[TrackInfo]]:
-    """Publish ``tracks`` into the SFU from a new aiortc peer; returns it and the producers."""
+def sending_peer(
+    tracks: Sequence[MediaStreamTrack], video_codec: str = "video/VP8"
+) -> LoopbackPeerConnection:
+    """A loopback peer sending ``tracks``, its video restricted to ``video_codec`` (+RTX)."""
     pc = LoopbackPeerConnection()
     for track in tracks:
         transceiver = pc.addTransceiver(track, direction="sendonly")
@@ -63,6 +60,17 @@ async def publish(
                     if c.mimeType.lower() in (video_codec.lower(), "video/rtx")
                 ]
             )
+    return pc
+
+
+async def publish(
+    sfu: Sfu,
+    peer_id: str,
+    tracks: Sequence[MediaStreamTrack],
+    video_codec: str = "video/VP8",
+) -> tuple[LoopbackPeerConnection, list[TrackInfo]]:
+    """Publish ``tracks`` into the SFU from a new aiortc peer; returns it and the producers."""
+    pc = sending_peer(tracks, video_codec)
     await pc.setLocalDescription(await pc.createOffer())
     answer, producers = await sfu.publish(peer_id, pc.localDescription.sdp)
     await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))

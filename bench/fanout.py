@@ -89,6 +89,14 @@ def _drain(ports_pipe: Connection, stop: Any) -> None:
         time.sleep(0.003)
 
 
+def _sending_socket() -> socket.socket:
+    """A non-blocking UDP socket with a large send buffer, as the SFU's sinks use."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    sock.setblocking(False)
+    return sock
+
+
 def _session() -> Session:
     policy = Policy(key=os.urandom(30), ssrc_type=Policy.SSRC_ANY_OUTBOUND)
     policy.allow_repeat_tx = True
@@ -120,9 +128,7 @@ def _setup(subscribers: int, ports: list[int], null: bool) -> tuple[Router, Prod
     )
     router.add_producer(producer)
     layout = Layout(96, "0", 1, None, None)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    sock.setblocking(False)
+    sock = _sending_socket()
     for i in range(subscribers):
         sink: Any
         if null:
@@ -147,9 +153,7 @@ def _run_router(router: Router, producer: Producer, packets: list[bytes]) -> flo
 
 def _run_aiortc(subscribers: int, ports: list[int], packets: list[bytes]) -> float:
     sessions = [_session() for _ in range(subscribers)]
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    sock.setblocking(False)
+    sock = _sending_socket()
     addrs = [("127.0.0.1", ports[i % len(ports)]) for i in range(subscribers)]
     start = time.thread_time()
     for n, data in enumerate(packets):
@@ -167,9 +171,7 @@ def _run_aiortc(subscribers: int, ports: list[int], packets: list[bytes]) -> flo
 def _run_floor(subscribers: int, ports: list[int], packets: list[bytes]) -> float:
     """The floor: protect + sendto of the same packet per copy, no rewrite at all."""
     sessions = [_session() for _ in range(subscribers)]
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    sock.setblocking(False)
+    sock = _sending_socket()
     targets = [(s.protect, ("127.0.0.1", ports[i % len(ports)])) for i, s in enumerate(sessions)]
     sendto = sock.sendto
     start = time.thread_time()

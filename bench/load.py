@@ -30,11 +30,11 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from aiortc import RTCRtpSender, RTCSessionDescription
 
 from bench.clients import LoopbackPeerConnection
 from bench.feed import EncodedLoopTrack, encode_loop
 from bench.impair import Impairment
+from bench.presenter import ProtocolClientError, publish_once
 from bench.subscriber import LATENCY_BIN_S, Drain, LeanSubscriber
 from bench.synthetic import ToneAudioTrack
 from signaling.tokens import issue_token
@@ -87,6 +87,10 @@ class SpawnedServer:
             "[signaling]\nrate_limit = 1000.0\nrate_burst = 1000\nmax_participants = 100000\n"
         )
         self.config = config
+        # The server's log goes to a file: an unread pipe would fill up and
+        # block the server mid-run.
+        self.log_path = config.with_suffix(".log")
+        self.log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -102,8 +106,8 @@ class SpawnedServer:
                 *args,
             ],
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -112,7 +116,9 @@ class SpawnedServer:
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    raise RuntimeError("the spawned server exited at start-up")
+                    raise RuntimeError(
+                        f"the spawned server exited at start-up (log: {self.log_path})"
+                    )
                 with contextlib.suppress(aiohttp.ClientError, OSError):
                     async with http.get(f"{self.url}/healthz") as response:
                         if response.status == 200:
@@ -127,6 +133,7 @@ class SpawnedServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self.config.unlink(missing_ok=True)
+        self.log.close()
 
 
 def process_tree_cpu(pid: int) -> tuple[float, float]:
@@ -176,37 +183,29 @@ class Presenter:
         self.track: EncodedLoopTrack | None = None
         self.pc: LoopbackPeerConnection | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Future[None] | None = None
 
     async def start(self, http: aiohttp.ClientSession, url: str, token: str) -> None:
         self.ws = await http.ws_connect(f"{url}/ws", heartbeat=20)
-        await self.ws.send_json({"type": "join", "token": token, "protocol": 1, "receive": False})
         self.track = EncodedLoopTrack(self.frames, self.options.fps)
-        pc = LoopbackPeerConnection()
-        video = pc.addTransceiver(self.track, direction="sendonly")
-        mime = f"video/{self.options.codec}".lower()
-        video.setCodecPreferences(
-            [
-                c
-                for c in RTCRtpSender.getCapabilities("video").codecs
-                if c.mimeType.lower() in (mime, "video/rtx")
-            ]
-        )
+        try:
+            self.pc = await publish_once(
+                self.ws, token, [self.track, ToneAudioTrack()], self.options.codec
+            )
+        except ProtocolClientError as exc:
+            raise RuntimeError(f"the bench presenter was refused: {exc}") from exc
+        video = next(t for t in self.pc.getTransceivers() if t.kind == "video")
         # A keyframe request restarts the encoded loop at its keyframe.
         setattr(video.sender, "_send_keyframe", self.track.request_keyframe)  # noqa: B010
-        pc.addTransceiver(ToneAudioTrack(), direction="sendonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        await self.ws.send_json({"type": "publish", "sdp": pc.localDescription.sdp})
-        while True:
-            message = await self.ws.receive(timeout=30)
-            if message.type != aiohttp.WSMsgType.TEXT:
-                raise RuntimeError("the server closed the presenter's socket")
-            data = json.loads(message.data)
-            if data.get("type") == "error":
-                raise RuntimeError(f"presenter refused: {data.get('code')}: {data.get('message')}")
-            if data.get("type") == "published":
-                await pc.setRemoteDescription(RTCSessionDescription(data["sdp"], "answer"))
-                break
-        self.pc = pc
+        # Keep reading the socket: aiohttp handles the heartbeat's pongs only
+        # while someone reads, and closes an unread socket after ~20 s.
+        self._reader = asyncio.ensure_future(self._read(self.ws))
+
+    @staticmethod
+    async def _read(ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for message in ws:
+            if message.type == aiohttp.WSMsgType.TEXT and '"error"' in message.data:
+                logger.warning("bench presenter: %s", message.data)
 
     @property
     def keyframe_requests(self) -> int:
@@ -217,6 +216,10 @@ class Presenter:
             await self.pc.close()
         if self.ws is not None:
             await self.ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
 
 
 # ------------------------------------------------------------ client worker

@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
-from aiortc import RTCRtpSender, RTCSessionDescription
+from aiortc import RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
 
-from bench.clients import LoopbackPeerConnection
+from bench.clients import LoopbackPeerConnection, sending_peer
 from bench.synthetic import PatternVideoTrack, ToneAudioTrack
 
 logger = logging.getLogger(__name__)
@@ -31,27 +33,14 @@ class ProtocolClientError(Exception):
 async def publish_once(
     ws: aiohttp.ClientWebSocketResponse,
     token: str,
-    width: int,
-    height: int,
+    tracks: Sequence[MediaStreamTrack],
     codec: str,
 ) -> LoopbackPeerConnection:
-    """Join and publish on an open socket; returns the publishing peer connection."""
+    """Join (publish-only) and publish ``tracks`` on an open socket; returns the peer."""
     await ws.send_json({"type": "join", "token": token, "protocol": 1, "receive": False})
     joined = await _expect(ws, "joined")
-    logger.info(
-        "synthetic presenter joined room %s as %s", joined["room"]["id"], joined["self"]["id"]
-    )
-    pc = LoopbackPeerConnection()
-    for track in (PatternVideoTrack(width, height), ToneAudioTrack()):
-        transceiver = pc.addTransceiver(track, direction="sendonly")
-        if track.kind == "video":
-            transceiver.setCodecPreferences(
-                [
-                    c
-                    for c in RTCRtpSender.getCapabilities("video").codecs
-                    if c.mimeType.lower() in (f"video/{codec}".lower(), "video/rtx")
-                ]
-            )
+    logger.info("presenter joined room %s as %s", joined["room"]["id"], joined["self"]["id"])
+    pc = sending_peer(tracks, f"video/{codec}")
     await pc.setLocalDescription(await pc.createOffer())
     await ws.send_json({"type": "publish", "id": "publish", "sdp": pc.localDescription.sdp})
     published = await _expect(ws, "published")
@@ -85,7 +74,8 @@ async def run_presenter(
             pc: LoopbackPeerConnection | None = None
             try:
                 async with session.ws_connect(f"{url}/ws", heartbeat=15) as ws:
-                    pc = await publish_once(ws, token, width, height, codec)
+                    tracks = [PatternVideoTrack(width, height), ToneAudioTrack()]
+                    pc = await publish_once(ws, token, tracks, codec)
                     delay = 0.5
                     async for message in ws:
                         if message.type != aiohttp.WSMsgType.TEXT:

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sfu.server import Sfu, SfuError
+from sfu.server import Sfu, SfuError, TrackInfo
 from signaling.store import Store
 
 logger = logging.getLogger(__name__)
@@ -373,15 +373,7 @@ class Room:
         member.subscribe_peer = peer_id
         member.slots = []
         for (is_main, owner, template), track in zip(plan, tracks, strict=True):
-            slot = Slot(
-                track.id,
-                track.id.rsplit(":", 1)[1],
-                track.kind,
-                track.codec,
-                is_main,
-                producer=template,
-                participant=owner,
-            )
+            slot = _slot(track, is_main, template, owner)
             member.slots.append(slot)
             if is_main and main.get(track.kind) != template:
                 self._assign(slot, None, None)  # codec template only: idle until a holder
@@ -394,17 +386,7 @@ class Room:
         assert member.subscribe_peer is not None
         offer, tracks = await self.sfu.add_sources(member.subscribe_peer, [p for _, p in to_add])
         for (owner, producer), track in zip(to_add, tracks, strict=True):
-            member.slots.append(
-                Slot(
-                    track.id,
-                    track.id.rsplit(":", 1)[1],
-                    track.kind,
-                    track.codec,
-                    False,
-                    producer=producer,
-                    participant=owner,
-                )
-            )
+            member.slots.append(_slot(track, False, producer, owner))
         member.negotiating = True
         await member.send(
             {"type": "offer", "sdp": offer, "tracks": [s.describe() for s in member.slots]}
@@ -452,3 +434,9 @@ class Room:
                 await member.ws.close()
         with contextlib.suppress(Exception):
             await self.store.end_room(self.id)
+
+
+def _slot(track: TrackInfo, main: bool, producer: str | None, owner: str | None) -> Slot:
+    """The slot for a subscribed track the SFU just created (id ``"<peer>:<mid>"``)."""
+    mid = track.id.rsplit(":", 1)[1]
+    return Slot(track.id, mid, track.kind, track.codec, main, producer=producer, participant=owner)

@@ -11,10 +11,10 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiortc import RTCRtpSender, RTCSessionDescription
+from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from bench.clients import LoopbackPeerConnection, ReceivedTrack
+from bench.clients import LoopbackPeerConnection, ReceivedTrack, sending_peer
 from signaling.app import SERVER, Server, create_app
 from signaling.config import Config
 from signaling.tokens import issue_token
@@ -135,17 +135,7 @@ class Client:
         return joined
 
     async def publish(self, tracks: Sequence[MediaStreamTrack]) -> dict[str, Any]:
-        pc = LoopbackPeerConnection()
-        for track in tracks:
-            transceiver = pc.addTransceiver(track, direction="sendonly")
-            if track.kind == "video":
-                transceiver.setCodecPreferences(
-                    [
-                        c
-                        for c in RTCRtpSender.getCapabilities("video").codecs
-                        if c.mimeType.lower() in ("video/vp8", "video/rtx")
-                    ]
-                )
+        pc = sending_peer(tracks)
         await pc.setLocalDescription(await pc.createOffer())
         published = await self.request(
             {"type": "publish", "sdp": pc.localDescription.sdp}, reply="published"
