@@ -68,6 +68,8 @@ class BenchOptions:
     command: str = ""
     server_args: list[str] = field(default_factory=list)
     quiet: bool = False
+    #: Spawn aiortc's MediaRelay comparison server (bench/baseline.py) instead.
+    mediarelay: bool = False
 
 
 # ------------------------------------------------------------------ server
@@ -76,7 +78,7 @@ class BenchOptions:
 class SpawnedServer:
     """``telebridge serve`` in a child process on a free loopback port."""
 
-    def __init__(self, secret: str, args: list[str]) -> None:
+    def __init__(self, secret: str, args: list[str], mediarelay: bool = False) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -91,9 +93,10 @@ class SpawnedServer:
         # block the server mid-run.
         self.log_path = config.with_suffix(".log")
         self.log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
+        if mediarelay:
+            command = ["-m", "bench.baseline", "--port", str(self.port)]
+        else:
+            command = [
                 "-m",
                 "signaling.cli",
                 "serve",
@@ -104,7 +107,9 @@ class SpawnedServer:
                 "--config",
                 str(config),
                 *args,
-            ],
+            ]
+        self.process = subprocess.Popen(
+            [sys.executable, *command],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -360,7 +365,7 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
     spawned: SpawnedServer | None = None
     url = options.url
     if options.spawn:
-        spawned = SpawnedServer(options.secret, options.server_args)
+        spawned = SpawnedServer(options.secret, options.server_args, options.mediarelay)
         url = spawned.url
     assert url is not None
     started_at = datetime.datetime.now(datetime.UTC)
@@ -648,21 +653,74 @@ def summary_table(report: dict[str, Any]) -> str:
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
+async def baseline_comparison(
+    options: BenchOptions, report: dict[str, Any], subscribers: int
+) -> dict[str, Any]:
+    """The same load through aiortc's MediaRelay, with ``subscribers`` subscribers.
+
+    MediaRelay re-encodes per subscriber, so it melts long before
+    Telebridge: the comparison is server CPU per subscriber at each one's
+    own load, measured the same way in the same command.
+    """
+    _log(options, f"baseline: aiortc MediaRelay with {subscribers} subscribers")
+    relay_options = BenchOptions(
+        **{
+            **options.__dict__,
+            "subscribers": subscribers,
+            "mediarelay": True,
+            "impair_fraction": 0.0,
+            "impairment": None,
+        }
+    )
+    relay = await run_once(relay_options)
+
+    def per_subscriber(run: dict[str, Any]) -> float | None:
+        cpu = run["server"]["cpu_pct"]
+        connected = run["subscribers_connected"]
+        return round(cpu / connected, 3) if cpu is not None and connected else None
+
+    ours, theirs = per_subscriber(report), per_subscriber(relay)
+    return {
+        "system": "aiortc MediaRelay (decode once, re-encode per subscriber)",
+        "subscribers_requested": relay["subscribers_requested"],
+        "subscribers_connected": relay["subscribers_connected"],
+        "measured_bitrate_bps": relay["measured_bitrate_bps"],
+        "loss_pct": relay["loss_pct"],
+        "latency_ms": relay["latency_ms"],
+        "server": relay["server"],
+        "server_cpu_pct_per_subscriber": theirs,
+        "telebridge_cpu_pct_per_subscriber": ours,
+        "subscribers_per_core_ratio": round(theirs / ours, 1) if ours and theirs else None,
+    }
+
+
 async def bench_command(
     options: BenchOptions,
     json_path: str | None,
     report_path: str | None,
     find_max_limit: int | None,
+    baseline_subscribers: int | None = None,
 ) -> int:
-    """Run the bench (or a find-max series) and write its outputs."""
+    """Run the bench (or a find-max series), optionally the baseline, and write outputs."""
     from bench.report import verdict, write_report
 
     if find_max_limit is not None:
         report = await find_max(options, find_max_limit)
     else:
         report = await run_once(options)
+    if baseline_subscribers is not None:
+        report["baseline"] = await baseline_comparison(options, report, baseline_subscribers)
     report["verdict"] = verdict(report)
     print(summary_table(report))
+    baseline = report.get("baseline")
+    if baseline:
+        print(
+            f"  baseline (MediaRelay)           {baseline['subscribers_connected']} subscribers: "
+            f"server CPU {baseline['server']['cpu_pct']} % "
+            f"({baseline['server_cpu_pct_per_subscriber']} % per subscriber vs "
+            f"{baseline['telebridge_cpu_pct_per_subscriber']} % for Telebridge: "
+            f"{baseline['subscribers_per_core_ratio']}x the subscribers per core)"
+        )
     print(report["verdict"])
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2, default=_json_default))

@@ -1194,6 +1194,42 @@ def _held_badge(held: Any) -> str:
     return DASH
 
 
+def _baseline_section(report: Obj) -> str:
+    """``--baseline mediarelay``: the same feed through aiortc's MediaRelay, side by side."""
+    baseline = _obj(report.get("baseline"))
+    if not baseline:
+        return ""
+    server = _obj(baseline.get("server"))
+    ratio = _num(baseline.get("subscribers_per_core_ratio"))
+    rows: Rows = [
+        ("System", _text(baseline.get("system")) or DASH),
+        (
+            "Subscribers connected",
+            f"{_count(baseline.get('subscribers_connected')) or DASH} of "
+            f"{_count(baseline.get('subscribers_requested')) or DASH}",
+        ),
+        ("Received bitrate", fmt_bitrate(baseline.get("measured_bitrate_bps"))),
+        ("Server CPU", _unit(_plain(server.get("cpu_pct"), 1), "% of one core")),
+        (
+            "Server CPU per subscriber",
+            _unit(_plain(baseline.get("server_cpu_pct_per_subscriber"), 2), "%"),
+        ),
+        (
+            "Telebridge CPU per subscriber (this run)",
+            _unit(_plain(baseline.get("telebridge_cpu_pct_per_subscriber"), 3), "%"),
+        ),
+        (
+            "Subscribers per core, Telebridge vs baseline",
+            f"{_trim(ratio, 1)}x" if ratio is not None else DASH,
+        ),
+    ]
+    return (
+        "<section><h2>Baseline: aiortc MediaRelay</h2>"
+        + _kv_table("Same presenter, decoded once and re-encoded per subscriber", rows)
+        + "</section>"
+    )
+
+
 def _find_max_section(report: Obj) -> str:
     """The --find-max search: one bar per step, loss and p99, held or broke."""
     find_max = _obj(report.get("find_max"))
@@ -1384,6 +1420,7 @@ def render_html(report: dict[str, Any]) -> str:
         _groups_section(run),
         _charts_section(run),
         _find_max_section(run),
+        _baseline_section(run),
         _provenance_section(run),
     ]
     return (

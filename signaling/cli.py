@@ -90,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--find-max", action="store_true", help="grow the load until the SLO breaks")
     bench.add_argument("--max-subscribers", type=int, default=2000, help="find-max upper bound")
     bench.add_argument("--slo", help="e.g. loss=0.5,p99_ms=150")
+    bench.add_argument(
+        "--baseline",
+        choices=["mediarelay"],
+        help="also run the load through aiortc's MediaRelay (re-encodes per subscriber)",
+    )
+    bench.add_argument(
+        "--baseline-subscribers",
+        type=int,
+        default=4,
+        help="subscribers for the baseline run (it melts early)",
+    )
     bench.add_argument("--json", help="write the JSON report here")
     bench.add_argument("--report", help="write the HTML report here")
     micro = commands.add_parser(
@@ -225,7 +236,10 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if slo:
             parser.error(f"--slo: unknown keys {sorted(slo)}")
     limit = args.max_subscribers if args.find_max else None
-    return _run(bench_command(options, args.json, args.report, limit))
+    if args.baseline and not args.spawn:
+        parser.error("--baseline needs --spawn (the baseline server runs here)")
+    baseline = max(1, args.baseline_subscribers) if args.baseline else None
+    return _run(bench_command(options, args.json, args.report, limit, baseline))
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:

@@ -113,6 +113,29 @@ def test_impaired_subscribers_recover_and_clean_ones_lose_nothing(tmp_path: Path
     assert clean["latency_ms"]["p50"] < 100
 
 
+def test_mediarelay_baseline_runs_the_same_load_and_costs_more_per_subscriber(
+    tmp_path: Path,
+) -> None:
+    report = run_bench(
+        tmp_path,
+        "--subscribers",
+        "4",
+        "--duration",
+        "3",
+        "--baseline",
+        "mediarelay",
+        "--baseline-subscribers",
+        "2",
+    )
+    baseline = report["baseline"]
+    assert isinstance(baseline, dict)
+    assert baseline["subscribers_connected"] == 2
+    assert baseline["measured_bitrate_bps"] > 0  # it really re-encoded and delivered
+    # Decoding once and re-encoding per subscriber costs far more CPU per
+    # subscriber than forwarding; the ratio is measured, not assumed.
+    assert baseline["subscribers_per_core_ratio"] > 1
+
+
 def test_impairment_option_parses() -> None:
     fraction, impairment = parse_impairment("25%:delay=300ms,jitter=20ms,loss=3%,burst=4,rate=2M")
     assert fraction == 0.25
