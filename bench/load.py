@@ -35,7 +35,7 @@ from bench.clients import LoopbackPeerConnection
 from bench.feed import EncodedLoopTrack, encode_loop
 from bench.impair import Impairment
 from bench.presenter import ProtocolClientError, publish_once
-from bench.subscriber import LATENCY_BIN_S, Drain, LeanSubscriber
+from bench.subscriber import LATENCY_BIN_S, LATENCY_BINS, Drain, LeanSubscriber
 from bench.synthetic import ToneAudioTrack
 from signaling.tokens import issue_token
 
@@ -334,7 +334,10 @@ def _quantiles(values: list[float], quantiles: tuple[float, ...]) -> dict[str, f
 def summarize_group(results: list[dict[str, Any]], impairment: Impairment | None) -> dict[str, Any]:
     """The GROUP object of the schema for these subscribers' results."""
     expected = sum(r["expected"] for r in results)
-    histogram = sum((r["latency_histogram"] for r in results), np.zeros(1, dtype=np.int64))
+    histogram = np.zeros(LATENCY_BINS, dtype=np.int64)
+    for result in results:
+        for index, count in result["latency_histogram"].items():
+            histogram[index] += count
     per_subscriber = [{k: v for k, v in r.items() if k != "latency_histogram"} for r in results]
     return {
         "subscribers": len(results),

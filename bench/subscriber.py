@@ -3,10 +3,14 @@
 Each one joins over the real protocol (WebSocket, JWT, the SFU's offer and
 its answer), completes ICE, DTLS and SRTP with aiortc, then takes its UDP
 socket away from aiortc: a process-wide drain reads every subscriber's
-socket in batches a few milliseconds apart (``recv`` until empty), unprotects
-SRTP itself and keeps counters. It sends what a real receiver sends: RTCP
-receiver reports every second, NACKs for gaps (retried like a browser),
-PLI when a packet is given up, and it answers the SFU's STUN consent checks.
+socket in batches a few milliseconds apart (``recv`` until empty) and keeps
+counters from the RTP headers, which SRTP leaves in the clear (RFC 3711
+§3.1). It decrypts only what it needs: RTX packets (their original
+sequence number) and video until the first keyframe; payload integrity is
+therefore not checked for the rest, which a loopback bench does not need.
+It sends what a real receiver sends: RTCP receiver reports every second,
+NACKs for gaps (retried like a browser), PLI when a packet is given up, and
+it answers the SFU's STUN consent checks.
 
 What a subscriber measures (``SubscriberStats``): connect time, time to the
 first keyframe, packets, loss before and after NACK recovery, RFC 3550
@@ -47,6 +51,7 @@ logger = logging.getLogger(__name__)
 LATENCY_BIN_S = 0.0001
 LATENCY_BINS = 50_000
 FREEZE_S = 0.2
+_TICKS_TO_BINS = 1 / ((1 << 18) * LATENCY_BIN_S)
 #: How often NACK retries are due and receiver reports (every second) are checked.
 TICK_S = 0.02
 
@@ -85,7 +90,9 @@ class SubscriberStats:
     freezes: int = 0
     freeze_s: float = 0.0
     last_frame_at: float | None = None
-    latency: np.ndarray = field(default_factory=lambda: np.zeros(LATENCY_BINS, dtype=np.int64))
+    #: Latency histogram (LATENCY_BIN_S bins); a list, since numpy item
+    #: updates cost several times more per packet.
+    latency: list[int] = field(default_factory=lambda: [0] * LATENCY_BINS)
 
 
 class LeanSubscriber:
@@ -198,8 +205,7 @@ class LeanSubscriber:
             (
                 c.payloadType
                 for c in params.codecs
-                if c.mimeType.lower().endswith("/rtx")
-                and c.parameters.get("apt") == payload_type
+                if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") == payload_type
             ),
             None,
         )
@@ -300,15 +306,33 @@ class LeanSubscriber:
             if len(data) > 1 and 192 <= data[1] <= 223:
                 self.unprotect_rtcp(data)  # SR from the SFU: authenticated, not used
                 return
-            plain = self.unprotect(data)
+            # SRTP encrypts payloads, not headers (RFC 3711 §3.1): counting,
+            # loss, jitter and latency need only the clear header. Payloads
+            # are decrypted where they matter: RTX (the original sequence
+            # number) and video until the first keyframe is seen.
+            state = self.streams.get(int.from_bytes(data[8:12], "big")) if len(data) >= 12 else None
+            if state is None:
+                return
+            if state.kind == "video" and (
+                self.first_keyframe_at is None or data[1] & 0x7F == state.rtx_payload_type
+            ):
+                self._handle_rtp(self.unprotect(data), now, now24, decrypted=True)
+                return
         except Exception:
             return
-        self._handle_rtp(plain, now, now24)
+        self._handle_rtp(data, now, now24, decrypted=False)
 
-    def _handle_rtp(self, data: bytes, now: float, now24: int | None = None) -> None:
+    def _handle_rtp(
+        self, data: bytes, now: float, now24: int | None = None, decrypted: bool = True
+    ) -> None:
         try:
             header = parse(data)
         except RtpError:
+            if decrypted:
+                return
+            # The P bit's count is inside the encrypted part: decrypt to parse.
+            with contextlib.suppress(Exception):
+                self._handle_rtp(self.unprotect(data), now, now24, decrypted=True)
             return
         state = self.streams.get(header.ssrc)
         if state is None:
@@ -367,9 +391,10 @@ class LeanSubscriber:
                     if now24 is None:
                         now24 = abs_send_time(now)
                     delta = (now24 - sent) & 0xFFFFFF
-                    # "Negative" (sent after the batch's clock reading): count as 0.
-                    latency = 0.0 if delta >= 1 << 23 else delta / (1 << 18)
-                    stats.latency[min(int(latency / LATENCY_BIN_S), LATENCY_BINS - 1)] += 1
+                    # abs-send-time ticks are 2**-18 s; "negative" (sent after this
+                    # batch's clock reading) counts as 0.
+                    index = 0 if delta >= 1 << 23 else int(delta * _TICKS_TO_BINS)
+                    stats.latency[index if index < LATENCY_BINS else LATENCY_BINS - 1] += 1
 
     def _send_nack(self, state: StreamState, seqs: list[int]) -> None:
         self._send_rtcp(rtcp.build_nack(self.rtcp_ssrc, state.ssrc, [s & 0xFFFF for s in seqs]))
@@ -414,7 +439,7 @@ class LeanSubscriber:
         stats = self.stats
         expected = sum(state.expected() for state in self._unique_streams())
         lost = max(0, expected - stats.packets)
-        counts = stats.latency
+        counts = np.asarray(stats.latency, dtype=np.int64)
         total = int(counts.sum())
         jitter = [
             s.reception.jitter / s.clock_rate * 1000
@@ -438,7 +463,8 @@ class LeanSubscriber:
             "freeze_s": round(stats.freeze_s, 3),
             "impaired": self.impairment is not None,
             "error": self.error,
-            "latency_histogram": counts,
+            # Sparse (bin index -> count): the dense array is 400 KB per subscriber.
+            "latency_histogram": {int(i): int(counts[i]) for i in np.flatnonzero(counts)},
         }
 
     async def close(self) -> None:
@@ -492,7 +518,7 @@ def _percentile_ms(counts: np.ndarray, total: int, q: float) -> float | None:
 class Drain:
     """Reads every taken-over subscriber socket in batches, a few ms apart."""
 
-    def __init__(self, interval: float = 0.004) -> None:
+    def __init__(self, interval: float = 0.008) -> None:
         self.interval = interval
         self.subscribers: set[LeanSubscriber] = set()
         self.packets = 0
