@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -66,8 +66,6 @@ class BenchOptions:
     secret: str = ""
     room: str = "bench"
     command: str = ""
-    server_args: list[str] = field(default_factory=list)
-    quiet: bool = False
     #: Spawn aiortc's MediaRelay comparison server (bench/baseline.py) instead.
     mediarelay: bool = False
 
@@ -78,7 +76,7 @@ class BenchOptions:
 class SpawnedServer:
     """``telebridge serve`` in a child process on a free loopback port."""
 
-    def __init__(self, secret: str, args: list[str], mediarelay: bool = False) -> None:
+    def __init__(self, secret: str, mediarelay: bool = False) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -106,7 +104,6 @@ class SpawnedServer:
                 str(self.port),
                 "--config",
                 str(config),
-                *args,
             ]
         self.process = subprocess.Popen(
             [sys.executable, *command],
@@ -368,7 +365,7 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
     spawned: SpawnedServer | None = None
     url = options.url
     if options.spawn:
-        spawned = SpawnedServer(options.secret, options.server_args, options.mediarelay)
+        spawned = SpawnedServer(options.secret, options.mediarelay)
         url = spawned.url
     assert url is not None
     started_at = datetime.datetime.now(datetime.UTC)
@@ -414,7 +411,6 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
                 progress = await asyncio.to_thread(ask, "progress")
                 receiving = sum(p["receiving"] for p in progress)
                 _log(
-                    options,
                     f"ramp: {sum(p['connected'] for p in progress)} connected, "
                     f"{receiving}/{options.subscribers} receiving",
                 )
@@ -451,7 +447,6 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
                 timeline.append(sample)
                 last_cpu, last_wall, last_bytes = cpu, now, received
                 _log(
-                    options,
                     f"t={sample['t']:5.1f}s receiving {sample['subscribers']} "
                     f"server CPU {sample['server_cpu_pct']} % "
                     f"bitrate/sub {sample['bitrate_bps'] / 1e6:.2f} Mbit/s",
@@ -566,9 +561,9 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _log(options: BenchOptions, text: str) -> None:
-    if not options.quiet:
-        print(text, flush=True)
+def _log(text: str) -> None:
+    """Progress for the operator watching the run."""
+    print(text, flush=True)
 
 
 # ------------------------------------------------------------- the command
@@ -581,7 +576,7 @@ async def find_max(options: BenchOptions, limit: int) -> dict[str, Any]:
     count = options.subscribers
     while count <= limit:
         step_options = BenchOptions(**{**options.__dict__, "subscribers": count})
-        _log(options, f"find-max: {count} subscribers")
+        _log(f"find-max: {count} subscribers")
         report = await run_once(step_options)
         slo = report["slo"]
         steps.append(
@@ -665,7 +660,7 @@ async def baseline_comparison(
     Telebridge: the comparison is server CPU per subscriber at each one's
     own load, measured the same way in the same command.
     """
-    _log(options, f"baseline: aiortc MediaRelay with {subscribers} subscribers")
+    _log(f"baseline: aiortc MediaRelay with {subscribers} subscribers")
     relay_options = BenchOptions(
         **{
             **options.__dict__,
