@@ -31,9 +31,11 @@ def apply_table(target: Any, values: dict[str, Any], where: str) -> None:
                 raise ConfigError(f"{where}.{key} must be a table")
             apply_table(current, value, f"{where}.{key}")
             continue
-        if isinstance(current, bool) != isinstance(value, bool) or (
-            isinstance(current, int | float) and not isinstance(value, int | float)
-        ) or (isinstance(current, list | str) and not isinstance(value, type(current))):
+        if (
+            isinstance(current, bool) != isinstance(value, bool)
+            or (isinstance(current, int | float) and not isinstance(value, int | float))
+            or (isinstance(current, list | str) and not isinstance(value, type(current)))
+        ):
             raise ConfigError(f"{where}.{key} has the wrong type")
         setattr(target, key, float(value) if isinstance(current, float) else value)
 

@@ -708,11 +708,10 @@ class Router:
         if source is None or not consumer.started:
             return None
         clock_rate = source.codec.clock_rate
-        sr = source.sender_report
-        if sr is not None:
-            elapsed = now - sr.arrival
-            ntp = rtcp.ntp_from_unix(rtcp.unix_from_ntp(sr.ntp_timestamp) + elapsed)
-            rtp_ts = sr.rtp_timestamp + int(elapsed * clock_rate) + consumer.ts_offset
+        mapping = self.clock_mapping(consumer, now)
+        if mapping is not None:
+            ntp = rtcp.ntp_from_unix(mapping[0])
+            rtp_ts = mapping[1]
         else:
             ntp = rtcp.ntp_from_unix(now)
             rtp_ts = (
@@ -729,6 +728,22 @@ class Router:
             consumer.stats.packets & _U32,
             consumer.stats.bytes & _U32,
         ) + rtcp.build_sdes_cname(consumer.ssrc, consumer.cname)
+
+    def clock_mapping(self, consumer: Consumer, now: float) -> tuple[float, int] | None:
+        """The publisher's wall clock at ``now`` and the matching RTP time of ``consumer``.
+
+        Taken from the source's last sender report (RFC 3550 §6.4.1), moved
+        into the consumer's timestamp space and extrapolated to ``now``;
+        None before the source sent one. The RTP time is not wrapped.
+        """
+        source = consumer.source
+        if source is None or not consumer.started or source.sender_report is None:
+            return None
+        sr = source.sender_report
+        elapsed = now - sr.arrival
+        wall = rtcp.unix_from_ntp(sr.ntp_timestamp) + elapsed
+        rtp_ts = sr.rtp_timestamp + int(elapsed * source.codec.clock_rate) + consumer.ts_offset
+        return wall, rtp_ts
 
     def receiver_report(self, producer: Producer, now: float) -> bytes | None:
         """An RR for a publisher's stream (RFC 3550 §6.4.2), or None before any packet."""

@@ -49,6 +49,7 @@ from sfu.router import (
     ProducerStats,
     Router,
     RouterConfig,
+    Sink,
 )
 from sfu.rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, RtpError, parse
 from sfu.transport import ForwardingPeerConnection, PeerSink
@@ -300,6 +301,70 @@ class Sfu:
         """Ask a publisher for a keyframe (throttled); True if a PLI went out now."""
         self._producer(producer_id)
         return self.router.request_keyframe(producer_id, self._clock())
+
+    def attach_local(
+        self, consumer_id: str, kind: str, mime_type: str, sink: Sink, source: str | None
+    ) -> None:
+        """An in-process subscriber track (the recorder): plaintext RTP to ``sink``.
+
+        It behaves like a remote subscriber's track (keyframe starts, source
+        switches, NACKs through :meth:`local_feedback`) minus the transport;
+        :meth:`unsubscribe` removes it. ``source`` may be None (idle).
+        """
+        if consumer_id in self.router.consumers:
+            raise SfuError("peer-exists", f"track {consumer_id!r} exists")
+        info = codec_info(mime_type)
+        if info is None or ("video" if info.is_video else "audio") != kind:
+            raise SfuError("codec-unsupported", f"cannot record {kind} as {mime_type}")
+        if source is not None:
+            self._producer(source)
+        consumer = Consumer(
+            id=consumer_id,
+            kind=kind,
+            ssrc=random.randrange(1, 1 << 32),
+            sink=sink,
+            layout=Layout(
+                payload_type=0 if info.is_video else 1,
+                mid=None,
+                mid_ext_id=None,
+                audio_level_ext_id=None,
+                abs_send_time_ext_id=None,
+            ),
+            initial_seq=random.randrange(0x8000),
+            initial_timestamp=random.randrange(1 << 32),
+            mime_type=mime_type,
+        )
+        now = self._clock()
+        consumer.last_rtcp = now
+        try:
+            self.router.add_consumer(consumer, source, now)
+        except ValueError as exc:
+            self.router.consumers.pop(consumer_id, None)
+            raise SfuError("kind-mismatch", str(exc)) from exc
+
+    def local_feedback(self, consumer_id: str, packet: rtcp.RtcpPacket) -> None:
+        """NACK/PLI from an in-process track, handled like a subscriber's RTCP."""
+        consumer = self.router.consumers.get(consumer_id)
+        if consumer is not None:
+            self.router.on_subscriber_rtcp(consumer, packet, self._clock())
+
+    def clock_mapping(self, consumer_id: str) -> tuple[str, float, int] | None:
+        """(source producer id, publisher wall time now, matching RTP time) of a track.
+
+        From the source's last sender report; None when idle or before one.
+        """
+        consumer = self.router.consumers.get(consumer_id)
+        if consumer is None or consumer.source is None:
+            return None
+        mapping = self.router.clock_mapping(consumer, self._clock())
+        if mapping is None:
+            return None
+        return consumer.source.id, mapping[0], mapping[1]
+
+    def track_source(self, consumer_id: str) -> str | None:
+        """The producer feeding a track now (None when idle or unknown)."""
+        consumer = self.router.consumers.get(consumer_id)
+        return consumer.source.id if consumer is not None and consumer.source else None
 
     async def close(self, peer_id: str) -> None:
         """Close a peer: its producers stop (consumers idle), its consumers say BYE."""

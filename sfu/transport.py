@@ -115,9 +115,7 @@ class ForwardingPeerConnection(RTCPeerConnection):
         self._on_rtcp = on_rtcp
         self._on_sender_ready = on_sender_ready
         self._on_receiver_ready = on_receiver_ready
-        super().__init__(
-            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
-        )
+        super().__init__(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
 
     def _RTCPeerConnection__createDtlsTransport(self) -> RTCDtlsTransport:
         dtls: RTCDtlsTransport = super()._RTCPeerConnection__createDtlsTransport()  # type: ignore[misc]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from signaling.session import ProtocolError
 from signaling.tokens import ADMIN_ROLE, TokenError, verify_token
 
 if TYPE_CHECKING:
@@ -86,7 +87,27 @@ def add_admin_routes(app: web.Application, key: web.AppKey[Server]) -> None:
             return _error(404, "unknown-room", f"no room {room_id!r}")
         return web.json_response({"ended": room_id})
 
+    async def recording(request: web.Request) -> web.Response:
+        """POST starts recording a room held by this node, DELETE stops it."""
+        if (denied := authorized(request)) is not None:
+            return denied
+        server = request.app[key]
+        room = server.rooms.get(request.match_info["room"])
+        if room is None:
+            return _error(404, "unknown-room", "no such room on this node")
+        active = request.method == "POST"
+        try:
+            await server.set_recording(room, active)
+        except ProtocolError as exc:
+            return _error(500, exc.code, str(exc))
+        recording = room.recording
+        return web.json_response(
+            {"room": room.id, "recording": recording.id if recording is not None else None}
+        )
+
     app.router.add_get("/admin/rooms", list_rooms)
+    app.router.add_post("/admin/rooms/{room}/recording", recording)
+    app.router.add_delete("/admin/rooms/{room}/recording", recording)
     app.router.add_get("/admin/rooms/{room}", get_room)
     app.router.add_delete("/admin/rooms/{room}/participants/{participant}", remove_participant)
     app.router.add_delete("/admin/rooms/{room}", end_room)

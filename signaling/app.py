@@ -17,6 +17,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from recorder.archive import add_archive_routes
+from recorder.service import Recorder
 from sfu.server import Sfu
 from signaling.admin import add_admin_routes
 from signaling.config import Config
@@ -36,6 +38,7 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.sfu = Sfu(config.sfu)
+        self.recorder = Recorder(self.sfu, config.recorder)
         self.store: Store = create_store(config.signaling.store_url)
         self.rooms: dict[str, Room] = {}
         signaling = config.signaling
@@ -45,6 +48,7 @@ class Server:
     async def start(self) -> None:
         await self.store.start()
         await self.sfu.start()
+        await self.recorder.start()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._speakers()), loop.create_task(self._presence())]
 
@@ -54,6 +58,7 @@ class Server:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for room in list(self.rooms.values()):
             await self.end_room(room)
+        await self.recorder.stop()
         await self.sfu.stop()
         await self.store.close()
 
@@ -64,11 +69,30 @@ class Server:
                 raise ProtocolError("too-many-rooms", "this server holds its maximum of rooms")
             room = Room(room_id, self.sfu, self.store, self.node_id)
             self.rooms[room_id] = room
+            if self.recorder.records_automatically(room_id):
+                await self.set_recording(room, True)
         return room
 
     async def drop_room_if_empty(self, room: Room) -> None:
         if not room.members and self.rooms.get(room.id) is room:
             del self.rooms[room.id]
+            await self.set_recording(room, False)
+
+    async def set_recording(self, room: Room, active: bool) -> None:
+        """Start or stop recording a room; everyone in it is told (``recording``)."""
+        if active == (room.recording is not None):
+            return
+        if active:
+            try:
+                room.recording = self.recorder.begin(room.id)
+            except OSError as exc:
+                logger.error("room %s: cannot start recording: %s", room.id, exc)
+                raise ProtocolError("recording-failed", "the recording could not start") from exc
+            room.record_state()
+        else:
+            room.recording = None
+            await self.recorder.finish(room.id)
+        await room.broadcast({"type": "recording", "active": active})
 
     async def remove(self, room: Room, member: Member, reason: str) -> None:
         """Remove a member (moderator or admin action)."""
@@ -79,6 +103,7 @@ class Server:
         await self.drop_room_if_empty(room)
 
     async def end_room(self, room: Room) -> None:
+        await self.set_recording(room, False)
         await room.end()
         self.rooms.pop(room.id, None)
 
@@ -160,5 +185,6 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_static("/static/", STATIC)
     add_admin_routes(app, SERVER)
+    add_archive_routes(app, Path(config.recorder.directory), config.signaling.secret)
     add_metrics_route(app, SERVER)
     return app

@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default from config: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default from config: 8080)")
     serve.add_argument(
+        "--record", action="store_true", help="record every room (config: [recorder] auto_record)"
+    )
+    serve.add_argument("--recordings", help="recordings directory (config: [recorder] directory)")
+    serve.add_argument(
         "--demo-presenter",
         metavar="ROOM",
         help="also publish a synthetic test feed into ROOM and print join links",
@@ -166,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             full.signaling.host = args.host
         if args.port is not None:
             full.signaling.port = args.port
+        if args.record:
+            full.recorder.auto_record = ["*"]
+        if args.recordings:
+            full.recorder.directory = args.recordings
         return _run(serve(full, args.demo_presenter))
     if args.command == "bench":
         return _bench(parser, args)

@@ -1,4 +1,4 @@
-"""Signaling settings and the whole-file configuration (``[sfu]`` + ``[signaling]``)."""
+"""Signaling settings and the whole configuration (``[sfu]``, ``[signaling]``, ``[recorder]``)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recorder.service import RecorderConfig
 from sfu.config import ConfigError, apply_table, load_sfu_config, read_toml
 from sfu.server import SfuConfig
 
@@ -46,6 +47,7 @@ class Config:
 
     sfu: SfuConfig = field(default_factory=SfuConfig)
     signaling: SignalingConfig = field(default_factory=SignalingConfig)
+    recorder: RecorderConfig = field(default_factory=RecorderConfig)
 
 
 def load_config(path: str | Path | None = None) -> Config:
@@ -56,6 +58,10 @@ def load_config(path: str | Path | None = None) -> Config:
         if not isinstance(table, dict):
             raise ConfigError("[signaling] must be a table")
         apply_table(config.signaling, table, "signaling")
+        recorder = read_toml(path).get("recorder", {})
+        if not isinstance(recorder, dict):
+            raise ConfigError("[recorder] must be a table")
+        apply_table(config.recorder, recorder, "recorder")
     secret = os.environ.get(SECRET_ENV)
     if secret:
         config.signaling.secret = secret

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from recorder.recording import RoomRecording, RoomState
 from sfu.server import Sfu, SfuError, TrackInfo
 from signaling.store import Store
 
@@ -97,7 +98,8 @@ class Room:
         self.floor: str | None = None
         self.main_feed: str | None = None
         self.active_speaker: str | None = None
-        self.recording = False
+        #: The recording in progress, if any (see :meth:`record_state`).
+        self.recording: RoomRecording | None = None
         self.ended = False
 
     # ------------------------------------------------------------ membership
@@ -138,6 +140,8 @@ class Room:
         )
         if member.role == "presenter" and self.floor is None:
             await self.set_floor(member.id)
+        else:
+            self.record_state()
 
     async def remove_member(self, member: Member) -> None:
         """Forget a member: close its connections, hand the floor on, tell the others."""
@@ -265,6 +269,30 @@ class Room:
         if main_source != self.main_feed:
             self.main_feed = main_source
             await self.broadcast({"type": "main-feed", "participant": main_source})
+        self.record_state()
+
+    def record_state(self) -> None:
+        """Tell the recording (if any) what the room looks like now."""
+        if self.recording is None:
+            return
+        holder = self.members.get(self.floor or "")
+        main: dict[str, str | None] = {
+            kind: holder.producers.get(kind) if holder is not None else None
+            for kind in ("video", "audio")
+        }
+        self.recording.update(
+            RoomState(
+                main=main,
+                codecs=self._codecs(),
+                publications={m.id: dict(m.producers) for m in self.members.values()},
+                members={m.id: (m.name, m.role) for m in self.members.values()},
+                producer_codecs={
+                    producer: m.codecs[kind]
+                    for m in self.members.values()
+                    for kind, producer in m.producers.items()
+                },
+            )
+        )
 
     async def sync(self, member: Member) -> None:
         """Reassign, reuse or add tracks so the member receives what it should."""

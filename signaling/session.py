@@ -245,7 +245,7 @@ class Session:
             "type": "joined",
             "protocol": PROTOCOL_VERSION,
             "self": {"id": member.id, "name": member.name, "role": member.role},
-            "room": {"id": room.id, "recording": room.recording},
+            "room": {"id": room.id, "recording": room.recording is not None},
             "participants": [room.describe(m) for m in room.members.values()],
             "floor": room.floor,
         }
@@ -350,9 +350,10 @@ class Session:
         await self.server.end_room(room)
         return None
 
-    async def on_recording(self, message: dict[str, Any]) -> None:
-        self.require("moderator")
-        raise ProtocolError("recording-unavailable", "recording is not available on this server")
+    async def on_recording(self, message: dict[str, Any]) -> dict[str, Any]:
+        room, _ = self.require("moderator")
+        await self.server.set_recording(room, message["type"] == "start-recording")
+        return {"type": "ok"}
 
     async def on_ping(self, message: dict[str, Any]) -> dict[str, Any]:
         return {"type": "pong"}
