@@ -68,6 +68,8 @@ class BenchOptions:
     command: str = ""
     #: Spawn aiortc's MediaRelay comparison server (bench/baseline.py) instead.
     mediarelay: bool = False
+    #: The spawned server records the room (``serve --record``) into this directory.
+    record_dir: str | None = None
 
 
 # ------------------------------------------------------------------ server
@@ -76,7 +78,9 @@ class BenchOptions:
 class SpawnedServer:
     """``telebridge serve`` in a child process on a free loopback port."""
 
-    def __init__(self, secret: str, mediarelay: bool = False) -> None:
+    def __init__(
+        self, secret: str, mediarelay: bool = False, record_dir: str | None = None
+    ) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -105,6 +109,8 @@ class SpawnedServer:
                 "--config",
                 str(config),
             ]
+            if record_dir is not None:
+                command += ["--record", "--recordings", record_dir]
         self.process = subprocess.Popen(
             [sys.executable, *command],
             env=env,
@@ -365,7 +371,7 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
     spawned: SpawnedServer | None = None
     url = options.url
     if options.spawn:
-        spawned = SpawnedServer(options.secret, options.mediarelay)
+        spawned = SpawnedServer(options.secret, options.mediarelay, options.record_dir)
         url = spawned.url
     assert url is not None
     started_at = datetime.datetime.now(datetime.UTC)
@@ -487,6 +493,7 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
         "schema": 1,
         "started_at": started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": options.command,
+        "recording": options.record_dir is not None,
         "machine": {
             "cpus": os.cpu_count(),
             "cpu_model": _cpu_model(),

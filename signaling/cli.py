@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="subscribers for the baseline run (it melts early)",
     )
+    bench.add_argument(
+        "--record",
+        metavar="DIR",
+        help="with --spawn: the server records the bench room into DIR (recorder cost)",
+    )
     bench.add_argument("--json", help="write the JSON report here")
     bench.add_argument("--report", help="write the HTML report here")
     micro = commands.add_parser(
@@ -244,6 +249,10 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if slo:
             parser.error(f"--slo: unknown keys {sorted(slo)}")
     limit = args.max_subscribers if args.find_max else None
+    if args.record:
+        if not args.spawn:
+            parser.error("--record needs --spawn")
+        options.record_dir = args.record
     if args.baseline and not args.spawn:
         parser.error("--baseline needs --spawn (the baseline server runs here)")
     baseline = max(1, args.baseline_subscribers) if args.baseline else None

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import json
 import math
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import av
 import numpy as np
 import pytest
 from aiortc import VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from signaling_client import SECRET, Client, ProtocolFailure, running_server, token
 
 from bench.clients import publish
 from recorder.manifest import read_manifest, recover, sha256
 from recorder.recording import RoomRecording, RoomState
 from sfu.server import Sfu, TrackInfo
+from signaling.config import Config
 
 FPS = 30
 RATE = 48000
@@ -87,7 +97,8 @@ def _state(main: list[TrackInfo], publishers: dict[str, list[TrackInfo]]) -> Roo
 def _edges(times: list[float], levels: list[float], threshold: float) -> list[float]:
     """Times where ``levels`` rise through ``threshold``."""
     return [
-        t for t, prev, cur in zip(times[1:], levels, levels[1:], strict=False)
+        t
+        for t, prev, cur in zip(times[1:], levels, levels[1:], strict=False)
         if prev < threshold <= cur
     ]
 
@@ -225,10 +236,18 @@ def test_recover_finalizes_an_unfinished_recording(tmp_path: Path) -> None:
         "started_at": "2026-12-02T08:00:00.000Z",
         "ended_at": None,
         "duration_s": 1.0,
-        "participants": [{"id": "p1", "name": "A", "role": "presenter",
-                          "joined_at": "2026-12-02T08:00:00.000Z", "left_at": None}],
-        "files": [{"name": "main.webm", "kind": "main", "participant": None, "start_s": 0.0,
-                   "tracks": []}],
+        "participants": [
+            {
+                "id": "p1",
+                "name": "A",
+                "role": "presenter",
+                "joined_at": "2026-12-02T08:00:00.000Z",
+                "left_at": None,
+            }
+        ],
+        "files": [
+            {"name": "main.webm", "kind": "main", "participant": None, "start_s": 0.0, "tracks": []}
+        ],
         "stereo": "mono",
         "thumbnails": [],
     }
@@ -264,3 +283,145 @@ async def test_h264_goes_to_matroska(sfu: Sfu, tmp_path: Path, codec: str) -> No
         assert (stream.codec_context.width, stream.codec_context.height) == (640, 360)
         decoded = sum(1 for _ in container.decode(video=0))
     assert decoded >= 60
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def test_moderators_record_through_the_protocol_and_the_admin_api(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    config = Config()
+    config.recorder.directory = str(tmp_path)
+    config.recorder.auto_record = ["always"]
+    async with running_server(config) as (base, _server):
+        presenter, moderator, viewer, late = (Client(base, http) for _ in range(4))
+        try:
+            await presenter.join(token("r", "presenter", "Dr Lee"), receive=False)
+            epoch = time.time()
+            await presenter.publish([FlashVideo(epoch), BeepAudio(epoch)])
+            await moderator.join(token("r", "moderator", "Chair"))
+            joined = await viewer.join(token("r", "viewer", "Clinic"))
+            assert joined["room"]["recording"] is False
+            with pytest.raises(ProtocolFailure) as refused:
+                await viewer.request({"type": "start-recording"})
+            assert refused.value.code == "forbidden"
+
+            await moderator.request({"type": "start-recording"})
+            await viewer.expect("recording", active=True)
+            joined = await late.join(token("r", "viewer", "Island"))
+            assert joined["room"]["recording"] is True
+            await asyncio.sleep(3.0)
+            await moderator.request({"type": "stop-recording"})
+            await viewer.expect("recording", active=False)
+
+            admin = {"Authorization": f"Bearer {token('*', 'admin')}"}
+            async with http.post(f"{base}/admin/rooms/r/recording", headers=admin) as response:
+                assert response.status == 200
+                second_id = (await response.json())["recording"]
+            await viewer.expect("recording", active=True)
+            await asyncio.sleep(2.0)
+            async with http.delete(f"{base}/admin/rooms/r/recording", headers=admin) as response:
+                assert response.status == 200 and (await response.json())["recording"] is None
+            async with http.post(f"{base}/admin/rooms/none/recording", headers=admin) as response:
+                assert response.status == 404
+
+            auto = Client(base, http)
+            joined = await auto.join(token("always", "viewer"))
+            assert joined["room"]["recording"] is True
+            await auto.close()
+        finally:
+            for client in (presenter, moderator, viewer, late):
+                await client.close()
+
+    manifests = [m for d in tmp_path.iterdir() if (m := read_manifest(d)) is not None]
+    by_room: dict[str, list[dict[str, Any]]] = {}
+    for manifest in manifests:
+        by_room.setdefault(manifest["room"], []).append(manifest)
+    assert len(by_room["r"]) == 2 and len(by_room["always"]) == 1
+    assert all(m["status"] == "complete" for m in manifests)
+    second = next(m for m in by_room["r"] if m["id"] == second_id)
+    first = next(m for m in by_room["r"] if m["id"] != second_id)
+    assert {p["name"] for p in first["participants"]} == {"Dr Lee", "Chair", "Clinic", "Island"}
+    kinds = sorted(f["kind"] for f in first["files"])
+    assert kinds == ["main", "participant"]
+    main = next(f for f in first["files"] if f["kind"] == "main")
+    assert 2.0 < main["duration_s"] < 4.0 and main["tracks"][0]["frames"] > 60
+    assert second["files"] and second["files"][0]["bytes"] > 0
+
+
+async def test_kill_9_leaves_a_playable_file_and_restart_recovers_it(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    recordings = tmp_path / "recordings"
+    command = [
+        sys.executable,
+        "-m",
+        "signaling.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--record",
+        "--recordings",
+        str(recordings),
+    ]
+    env = {**os.environ, "TELEBRIDGE_SECRET": SECRET}
+
+    def spawn(port: int, log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            return subprocess.Popen(
+                [*command, "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    async def ready(base: str) -> None:
+        for _ in range(150):
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with http.get(f"{base}/healthz") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+        raise AssertionError("the server did not start")
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    server = spawn(port, tmp_path / "first.log")
+    presenter = Client(base, http)
+    try:
+        await ready(base)
+        await presenter.join(token("crash", "presenter"), receive=False)
+        video = FlashVideo(time.time())
+        await presenter.publish([video, BeepAudio(time.time())])
+        await asyncio.sleep(6.0)
+        sent = video.frames
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+    finally:
+        await presenter.close()
+        if server.poll() is None:
+            server.kill()
+    [directory] = list(recordings.iterdir())
+    manifest = read_manifest(directory)
+    assert manifest is not None and manifest["status"] == "recording"
+    main = directory / "main.webm"
+    with av.open(str(main)) as container:  # playable as the crash left it
+        decoded = sum(1 for _ in container.decode(video=0))
+    # At most the last 2 seconds are missing.
+    assert decoded >= sent - 2 * FPS, (decoded, sent)
+
+    server = spawn(port, tmp_path / "second.log")
+    try:
+        await ready(base)
+    finally:
+        server.terminate()
+        server.wait(10)
+    recovered = read_manifest(directory)
+    assert recovered is not None and recovered["status"] == "recovered"
+    entry = next(f for f in recovered["files"] if f["name"] == "main.webm")
+    assert entry["sha256"] == sha256(main) and entry["tracks"][0]["frames"] == decoded
+    assert entry["duration_s"] >= (sent - 2 * FPS) / FPS
+    assert "recovered unfinished recording" in (tmp_path / "second.log").read_text()
