@@ -9,8 +9,9 @@ from typing import Any
 
 from browser import ARTIFACTS, chromium, write_y4m
 from playwright.async_api import Page
-from signaling_client import running_server, token
+from signaling_client import running_server, token, wait_until
 
+from recorder.manifest import read_manifest
 from signaling.config import Config
 
 FRAMES_JS = """() => {
@@ -55,6 +56,8 @@ async def plays(page: Page, timeout: float = 20.0) -> None:
 
 async def test_kiosk_viewers_play_follow_the_floor_and_rejoin(tmp_path: Path) -> None:
     config = Config()
+    recordings = tmp_path / "recordings"
+    config.recorder.directory = str(recordings)
     async with running_server(config) as (base, server):
         room = "consult"
 
@@ -107,6 +110,27 @@ async def test_kiosk_viewers_play_follow_the_floor_and_rejoin(tmp_path: Path) ->
                     lambda p: p is not None and p[0] > 150 and p[1] < 100 and p[2] > 150,
                 )
                 await plays(page)
+
+            # The moderator records a while: every page shows the banner.
+            banner = "() => !document.getElementById('recording-banner').hidden"
+            await moderator.locator("#toggle-recording").click(timeout=15000)
+            for page in [*viewers, participant, presenter]:
+                await wait_js(page, banner, bool)
+            await asyncio.sleep(3.0)
+            await moderator.locator("#toggle-recording").click(timeout=15000)
+            for page in [*viewers, participant]:
+                await wait_js(page, banner, lambda shown: not shown)
+            [recording] = [d for d in recordings.iterdir() if d.is_dir()]
+            await wait_until(lambda: (read_manifest(recording) or {}).get("status") == "complete")
+            manifest = read_manifest(recording)
+            assert manifest is not None
+            main = next(f for f in manifest["files"] if f["kind"] == "main")
+            # Chromium's VP8 and Opus, remuxed as they came.
+            codecs = sorted((t["kind"], t["codec"]) for t in main["tracks"])
+            assert codecs == [("audio", "opus"), ("video", "vp8")]
+            video = next(t for t in main["tracks"] if t["kind"] == "video")
+            assert (video["width"], video["height"]) == (320, 240)  # the island station's feed
+            assert video["frames"] >= 40  # ~3 s of the fake camera's 20 fps
 
             # A network drop: the server loses the viewer's connections; the
             # page rejoins by itself and plays again.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -241,7 +242,8 @@ async def test_errors_have_codes_and_disturb_nobody(
                 await rogue.request(message)
             assert failure.value.code == code, (message, failure.value)
 
-        # As a moderator: bad targets, bad SDP, no recorder.
+        # As a moderator: bad targets, bad SDP, a recordings directory that cannot exist.
+        srv.recorder.root = Path("/dev/null/recordings")
         moderator = await fresh()
         await moderator.request(
             {"type": "join", "token": token("r4", "moderator"), "protocol": 1}, reply="joined"
@@ -253,7 +255,7 @@ async def test_errors_have_codes_and_disturb_nobody(
                 "invalid-message",
             ),
             ({"type": "publish", "sdp": "v=0\r\nthis is not sdp"}, "invalid-sdp"),
-            ({"type": "start-recording"}, "recording-unavailable"),
+            ({"type": "start-recording"}, "recording-failed"),
         ]:
             with pytest.raises(ProtocolFailure) as failure:
                 await moderator.request(message)
