@@ -25,8 +25,6 @@ import json
 import logging
 import os
 import re
-import stat
-import tempfile
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
+from recorder.manifest import MANIFEST, write_manifest
 from recorder.thumbnails import make_thumbnails
 from signaling.tokens import ADMIN_ROLE, Grant, TokenError, verify_token
 
@@ -49,7 +48,6 @@ STATIC_FILES = {
 }
 RECORDING_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
-MANIFEST = "manifest.json"
 CONTENT_TYPES = {
     ".webm": "video/webm",
     ".mkv": "video/x-matroska",
@@ -364,25 +362,6 @@ def _main_file(manifest: dict[str, Any]) -> str | None:
     return str(chosen["name"])
 
 
-def _write_json_atomically(path: Path, value: object) -> None:
-    """Replace ``path`` by ``value`` as JSON: readers see the old file or the new, never half."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            json.dump(value, file, indent=2)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def _thumbnails_now(directory: Path, recording_id: str) -> list[str]:
     """:func:`generate_thumbnails`, blocking."""
     path = directory / recording_id / MANIFEST
@@ -400,7 +379,7 @@ def _thumbnails_now(directory: Path, recording_id: str) -> list[str]:
         LOG.warning("thumbnails of recording %s not listed: %s", recording_id, exc)
         return names
     manifest["thumbnails"] = names
-    _write_json_atomically(path, manifest)
+    write_manifest(path.parent, manifest)
     return names
 
 

@@ -53,9 +53,12 @@ def new_recording_id(room: str, now: float) -> str:
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    """Replace ``manifest.json`` atomically."""
+    """Replace ``manifest.json``: readers (and a crash) see the old file or the new, never half."""
     temporary = directory / f".{MANIFEST}.tmp"
-    temporary.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    with temporary.open("w", encoding="utf-8") as file:
+        json.dump(manifest, file, indent=1)
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(temporary, directory / MANIFEST)
 
 
