@@ -174,14 +174,25 @@ class MediaWriter:
 
     @staticmethod
     def _add_stream(output: av.container.OutputContainer, spec: TrackSpec) -> av.stream.Stream:
+        """A stream for already encoded packets.
+
+        VP8 needs no codec private data, so it gets a bare mux stream: PyAV
+        opens an encoder for every stream that has a codec context when the
+        header is written, and a libvpx encoder at 720p costs ~25 MB. H.264
+        (SPS/PPS) and Opus (``OpusHead``) need their private data, which
+        PyAV only lets us set on a codec context; an Opus encoder is small.
+        """
+        width, height = spec.width or 640, spec.height or 480
+        if spec.kind == "video" and not spec.extradata:
+            return output.add_mux_stream(
+                spec.codec, width=width, height=height, time_base=TIME_BASE
+            )
         if spec.kind == "video":
             video = output.add_stream(_STREAM_CODECS[spec.codec], rate=30)
             assert isinstance(video, av.VideoStream)
-            video.width = spec.width or 640
-            video.height = spec.height or 480
+            video.width, video.height = width, height
             video.pix_fmt = "yuv420p"
-            if spec.extradata:
-                video.codec_context.extradata = spec.extradata
+            video.codec_context.extradata = spec.extradata
             video.time_base = TIME_BASE
             return video
         audio = output.add_stream(_STREAM_CODECS[spec.codec], rate=48000)

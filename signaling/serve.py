@@ -49,6 +49,8 @@ async def serve(config: Config, demo_room: str | None = None, link_ttl: float = 
             ):
                 link_token = issue_token(signaling.secret, demo_room, role, name, link_ttl)
                 print(f"  {role:>11}: {base}/room/{demo_room}?token={link_token}&autojoin=1")
+            admin = issue_token(signaling.secret, "*", "admin", "Archive reviewer", link_ttl)
+            print(f"  {'archive':>11}: {base}/archive?token={admin}")
         await stop.wait()
     finally:
         if presenter is not None:

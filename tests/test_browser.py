@@ -131,6 +131,13 @@ async def test_kiosk_viewers_play_follow_the_floor_and_rejoin(tmp_path: Path) ->
             video = next(t for t in main["tracks"] if t["kind"] == "video")
             assert (video["width"], video["height"]) == (320, 240)  # the island station's feed
             assert video["frames"] >= 40  # ~3 s of the fake camera's 20 fps
+            # The recording plays in Chromium from the archive page, with the room's token.
+            archive = await browser.new_page()
+            await archive.goto(f"{base}/archive?token={token(room, 'moderator', 'Moderator')}")
+            await archive.click(f'.card[data-id="{manifest["id"]}"]', timeout=15000)
+            await archive.evaluate("() => window.archive.video.play()")
+            await wait_js(archive, "() => window.archive.video.currentTime", lambda t: t > 1.0)
+            await archive.close()
 
             # A network drop: the server loses the viewer's connections; the
             # page rejoins by itself and plays again.
