@@ -26,6 +26,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from signaling_client import SECRET, Client, ProtocolFailure, running_server, token
 
 from bench.clients import publish
+from bench.impair import ImpairedPath, parse_impairment
 from recorder.manifest import read_manifest, recover, sha256
 from recorder.recording import RoomRecording, RoomState
 from sfu.server import Sfu, TrackInfo
@@ -425,3 +426,50 @@ async def test_kill_9_leaves_a_playable_file_and_restart_recovers_it(
     assert entry["sha256"] == sha256(main) and entry["tracks"][0]["frames"] == decoded
     assert entry["duration_s"] >= (sent - 2 * FPS) / FPS
     assert "recovered unfinished recording" in (tmp_path / "second.log").read_text()
+
+
+def _impair_publisher(pc: Any, spec: str) -> ImpairedPath:
+    """Put a publishing aiortc peer's every datagram, both ways, behind an emulated link."""
+    path = ImpairedPath(parse_impairment(f"1:{spec}")[1], seed=7)
+    connection = pc.getTransceivers()[0].sender.transport.transport._connection
+    for protocol in connection._protocols:
+        receive, transport = protocol.datagram_received, protocol.transport
+        send = transport.sendto
+
+        def impaired_receive(data: bytes, addr: Any, receive: Any = receive) -> None:
+            path.deliver_later(receive, data, "down", addr)
+
+        def impaired_send(data: bytes, addr: Any = None, send: Any = send) -> None:
+            path.deliver_later(send, data, "up", addr)
+
+        setattr(protocol, "datagram_received", impaired_receive)  # noqa: B010
+        setattr(transport, "sendto", impaired_send)  # noqa: B010
+    return path
+
+
+async def test_a_lossy_uplink_is_recorded_without_corrupt_frames(sfu: Sfu, tmp_path: Path) -> None:
+    """3 % loss each way on the publisher's link: retransmissions fill the gaps, and
+    whatever stays missing costs whole frames, never a corrupt one."""
+    epoch = time.time()
+    video = FlashVideo(epoch, 640, 360)
+    pc, tracks = await publish(sfu, "pub", [video, BeepAudio(epoch)])
+    path = _impair_publisher(pc, "delay=40ms,loss=3%")
+    recording = RoomRecording(sfu, "lossy", tmp_path)
+    recording.begin()
+    recording.update(_state(tracks, {"far": tracks}))
+    await asyncio.sleep(8.0)
+    sent = video.frames
+    await pc.close()
+    path.close()
+    manifest = await recording.finish()
+
+    lost_up = path.stats()["up"]["dropped_loss"]
+    assert lost_up > 20  # the link really lost packets
+    producer = sfu.router.producers.get(tracks[0].id)
+    main = recording.directory / "main.webm"
+    with av.open(str(main)) as container:
+        decoded = sum(1 for _ in container.decode(video=0))  # a truncated frame would raise
+    entry = next(f for f in manifest["files"] if f["name"] == "main.webm")
+    assert entry["tracks"][0]["frames"] == decoded
+    print("lossy uplink:", lost_up, "packets lost,", decoded, "of", sent, "frames recorded")
+    assert decoded >= 0.9 * sent, (decoded, sent, producer)
