@@ -35,9 +35,7 @@ class LoopbackPeerConnection(RTCPeerConnection):
 
     def __init__(self, addresses: Sequence[str] = ("127.0.0.1",)) -> None:
         self._addresses = list(addresses)
-        super().__init__(
-            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
-        )
+        super().__init__(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
 
     def _RTCPeerConnection__createDtlsTransport(self) -> RTCDtlsTransport:
         dtls: RTCDtlsTransport = super()._RTCPeerConnection__createDtlsTransport()  # type: ignore[misc]
@@ -96,9 +94,7 @@ class ReceivedTrack:
     def frozen_time(self, threshold: float = 0.2) -> float:
         """Total time spent in gaps longer than ``threshold`` between decoded frames."""
         times = self.arrivals
-        return sum(
-            b - a for a, b in itertools.pairwise(times) if b - a > threshold
-        )
+        return sum(b - a for a, b in itertools.pairwise(times) if b - a > threshold)
 
 
 class Subscriber:

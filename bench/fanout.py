@@ -123,9 +123,7 @@ def _vp8_stream(packets: int) -> list[bytes]:
 
 def _setup(subscribers: int, ports: list[int], null: bool) -> tuple[Router, Producer]:
     router = Router(RouterConfig(video_cache_packets=4096))
-    producer = Producer(
-        "pub:0", SUPPORTED["video/vp8"], 96, 0x1234, _NullSink(), 1, router.config
-    )
+    producer = Producer("pub:0", SUPPORTED["video/vp8"], 96, 0x1234, _NullSink(), 1, router.config)
     router.add_producer(producer)
     layout = Layout(96, "0", 1, None, None)
     sock = _sending_socket()

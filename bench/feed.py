@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import av
@@ -29,10 +30,20 @@ from bench.synthetic import PatternVideoTrack
 
 
 def encode_loop(
-    codec: str, width: int, height: int, fps: int, bitrate: int, frames: int
+    codec: str,
+    width: int,
+    height: int,
+    fps: int,
+    bitrate: int,
+    frames: int,
+    draw: Callable[[int], np.ndarray] | None = None,
 ) -> list[bytes]:
-    """Encode ``frames`` pattern frames once; returns one encoded frame per entry."""
-    pattern = PatternVideoTrack(width, height)
+    """Encode ``frames`` pattern frames once; returns one encoded frame per entry.
+
+    ``draw(n)`` gives frame ``n`` as a BGR image of the requested size
+    (default: the moving test pattern; the stereo card for 3D feeds).
+    """
+    draw = draw or PatternVideoTrack(width, height).draw
     rng = np.random.default_rng(7)
     grain = rng.integers(-14, 15, size=(height + 64, width + 64, 1), dtype=np.int16)
     name = {"vp8": "libvpx", "h264": "libx264"}[codec]
@@ -45,19 +56,29 @@ def encode_loop(
     context.gop_size = frames
     if codec == "vp8":
         context.options = {
-            "deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0",
-            "minrate": str(bitrate), "maxrate": str(bitrate), "bufsize": str(bitrate),
-            "undershoot-pct": "95", "overshoot-pct": "15", "static-thresh": "0",
+            "deadline": "realtime",
+            "cpu-used": "8",
+            "lag-in-frames": "0",
+            "minrate": str(bitrate),
+            "maxrate": str(bitrate),
+            "bufsize": str(bitrate),
+            "undershoot-pct": "95",
+            "overshoot-pct": "15",
+            "static-thresh": "0",
         }
     else:
         context.options = {
-            "preset": "ultrafast", "tune": "zerolatency", "profile": "baseline",
-            "maxrate": str(bitrate), "bufsize": str(bitrate), "bf": "0",
+            "preset": "ultrafast",
+            "tune": "zerolatency",
+            "profile": "baseline",
+            "maxrate": str(bitrate),
+            "bufsize": str(bitrate),
+            "bf": "0",
             "x264-params": f"keyint={frames}:min-keyint={frames}:scenecut=0:nal-hrd=cbr",
         }
     encoded: list[bytes] = []
     for index in range(frames):
-        image = pattern.draw(index).astype(np.int16)
+        image = draw(index).astype(np.int16)
         dy, dx = (index * 13) % 64, (index * 29) % 64
         image += grain[dy : dy + height, dx : dx + width]
         frame = av.VideoFrame.from_ndarray(
@@ -88,6 +109,11 @@ class EncodedLoopTrack(MediaStreamTrack):
         self._sent = 0
         self._start: float | None = None
         self.keyframe_requests = 0
+
+    def attach(self, pc: Any) -> None:
+        """Send the peer's keyframe requests (PLI/FIR) for this track to the loop."""
+        sender = next(t.sender for t in pc.getTransceivers() if t.sender.track is self)
+        setattr(sender, "_send_keyframe", self.request_keyframe)  # noqa: B010
 
     def request_keyframe(self) -> None:
         """Restart the loop at its keyframe (called on PLI/FIR)."""

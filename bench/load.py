@@ -36,7 +36,7 @@ from bench.feed import EncodedLoopTrack, encode_loop
 from bench.impair import Impairment
 from bench.presenter import ProtocolClientError, publish_once
 from bench.subscriber import LATENCY_BIN_S, LATENCY_BINS, Drain, LeanSubscriber
-from bench.synthetic import ToneAudioTrack
+from bench.synthetic import StereoPattern, ToneAudioTrack
 from signaling.tokens import issue_token
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ class BenchOptions:
     mediarelay: bool = False
     #: The spawned server records the room (``serve --record``) into this directory.
     record_dir: str | None = None
+    #: The presenter sends the side-by-side 3D test card (and says ``stereo: "sbs"``).
+    stereo: bool = False
 
 
 # ------------------------------------------------------------------ server
@@ -185,8 +187,15 @@ class Presenter:
     def __init__(self, options: BenchOptions) -> None:
         self.options = options
         loop_frames = 4 * options.fps
+        draw = StereoPattern(options.width, options.height).draw if options.stereo else None
         self.frames = encode_loop(
-            options.codec, options.width, options.height, options.fps, options.bitrate, loop_frames
+            options.codec,
+            options.width,
+            options.height,
+            options.fps,
+            options.bitrate,
+            loop_frames,
+            draw,
         )
         self.track: EncodedLoopTrack | None = None
         self.pc: LoopbackPeerConnection | None = None
@@ -198,13 +207,16 @@ class Presenter:
         self.track = EncodedLoopTrack(self.frames, self.options.fps)
         try:
             self.pc = await publish_once(
-                self.ws, token, [self.track, ToneAudioTrack()], self.options.codec
+                self.ws,
+                token,
+                [self.track, ToneAudioTrack()],
+                self.options.codec,
+                "sbs" if self.options.stereo else "mono",
             )
         except ProtocolClientError as exc:
             raise RuntimeError(f"the bench presenter was refused: {exc}") from exc
-        video = next(t for t in self.pc.getTransceivers() if t.kind == "video")
         # A keyframe request restarts the encoded loop at its keyframe.
-        setattr(video.sender, "_send_keyframe", self.track.request_keyframe)  # noqa: B010
+        self.track.attach(self.pc)
         # Keep reading the socket: aiohttp handles the heartbeat's pongs only
         # while someone reads, and closes an unread socket after ~20 s.
         self._reader = asyncio.ensure_future(self._read(self.ws))

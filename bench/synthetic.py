@@ -69,6 +69,54 @@ class PatternVideoTrack(VideoStreamTrack):
         return frame
 
 
+class StereoPattern:
+    """A side-by-side stereo (3D) test card, as a 3D laparoscopic tower sends it.
+
+    The left half is the left eye, the right half the right eye, each the
+    moving pattern squeezed to half width. The right eye's pattern is
+    shifted ``disparity`` pixels to the left (objects float in front of the
+    screen), and each eye carries a marker a viewer can check pixel by
+    pixel: a pure red box in the left eye and a pure green box in the right
+    one, at the same place in each eye (:attr:`marker`), labelled L and R.
+    """
+
+    #: Marker box in each eye, as fractions of the eye's width and height.
+    marker = (0.06, 0.66, 0.26, 0.9)
+    LEFT_BGR = (0, 0, 255)
+    RIGHT_BGR = (0, 255, 0)
+
+    def __init__(self, width: int = 1920, height: int = 1080, disparity: int = 24) -> None:
+        self.width = width
+        self.height = height
+        self.eye_width = width // 2
+        self.disparity = disparity
+        self._eye = PatternVideoTrack(self.eye_width + disparity, height)
+
+    def draw(self, n: int) -> np.ndarray:
+        """Frame ``n`` (BGR, ``height`` x ``width``), deterministic in ``n``."""
+        wide = self._eye.draw(n)
+        left = np.ascontiguousarray(wide[:, : self.eye_width])
+        right = np.ascontiguousarray(wide[:, self.disparity : self.disparity + self.eye_width])
+        for eye, color, label in ((left, self.LEFT_BGR, "L"), (right, self.RIGHT_BGR, "R")):
+            x0, y0, x1, y1 = self._marker_box()
+            cv2.rectangle(eye, (x0, y0), (x1, y1), color, -1)
+            cv2.putText(
+                eye,
+                label,
+                (x1 + 12, y1),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                self.height / 270,
+                (255, 255, 255),
+                max(2, self.height // 180),
+            )
+        return np.hstack([left, right])
+
+    def _marker_box(self) -> tuple[int, int, int, int]:
+        fx0, fy0, fx1, fy1 = self.marker
+        w, h = self.eye_width, self.height
+        return int(fx0 * w), int(fy0 * h), int(fx1 * w), int(fy1 * h)
+
+
 class ToneAudioTrack(MediaStreamTrack):
     """A 440 Hz tone, one second on and one second off, mono s16 at 48 kHz."""
 

@@ -63,6 +63,10 @@ class RoomState:
     members: dict[str, tuple[str, str]]
     #: Producer id -> mime type, for every producer named above.
     producer_codecs: dict[str, str] = field(default_factory=dict)
+    #: member id -> stereo layout ("mono", "sbs", "tb") of everyone publishing.
+    stereo: dict[str, str] = field(default_factory=dict)
+    #: The publishing member whose media the main feed carries, if any.
+    main_holder: str | None = None
 
 
 class RoomRecording:
@@ -83,6 +87,11 @@ class RoomRecording:
         self._publications: dict[str, _Open] = {}
         self._counts: dict[str, int] = {}
         self._participants: dict[str, dict[str, Any]] = {}
+        #: The main feed's stereo layout, and when it changed (seconds from the start).
+        self.stereo = "mono"
+        self._stereo_changes: list[dict[str, Any]] = []
+        #: Participant file name -> that publisher's stereo layout.
+        self._file_stereo: dict[str, str] = {}
         self._closing: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
         self.finished = False
@@ -137,8 +146,12 @@ class RoomRecording:
             "ended_at": iso(end) if end is not None else None,
             "duration_s": round((end if end is not None else self._clock()) - self.start, 3),
             "participants": list(self._participants.values()),
-            "files": [f.describe() for f in self.files],
-            "stereo": "mono",
+            "files": [
+                {**f.describe(), "stereo": self._file_stereo.get(f.name, self.stereo)}
+                for f in self.files
+            ],
+            "stereo": self.stereo,
+            "stereo_changes": list(self._stereo_changes),
             "thumbnails": [],
         }
 
@@ -185,6 +198,19 @@ class RoomRecording:
                 participant["left_at"] = iso(now)
         self._update_main(state)
         self._update_publications(state)
+        self._update_stereo(state, now)
+
+    def _update_stereo(self, state: RoomState, now: float) -> None:
+        """Follow the main feed's layout (kept while nobody holds it) and each publisher's."""
+        if state.main_holder is not None:
+            layout = state.stereo.get(state.main_holder, "mono")
+            if layout != self.stereo:
+                self.stereo = layout
+                self._stereo_changes.append(
+                    {"at_s": round(now - self.start, 3), "stereo": layout}
+                )
+        for member_id, opened in self._publications.items():
+            self._file_stereo[opened.file.name] = state.stereo.get(member_id, "mono")
 
     def _update_main(self, state: RoomState) -> None:
         kinds = tuple(k for k in ("video", "audio") if _CODECS.get(state.codecs.get(k, "").lower()))

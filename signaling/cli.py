@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ROOM",
         help="also publish a synthetic test feed into ROOM and print join links",
     )
+    serve.add_argument(
+        "--demo-stereo",
+        action="store_true",
+        help="the demo presenter sends a side-by-side 3D test card (1920x1080, 6 Mbit/s)",
+    )
     token = commands.add_parser(
         "token",
         help="print an access token",
@@ -104,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=4,
         help="subscribers for the baseline run (it melts early)",
+    )
+    bench.add_argument(
+        "--stereo",
+        action="store_true",
+        help="the presenter sends the side-by-side 3D card (e.g. --size 1920x1080 --bitrate 6M)",
     )
     bench.add_argument(
         "--record",
@@ -179,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             full.recorder.auto_record = ["*"]
         if args.recordings:
             full.recorder.directory = args.recordings
-        return _run(serve(full, args.demo_presenter))
+        return _run(serve(full, args.demo_presenter, stereo=args.demo_stereo))
     if args.command == "bench":
         return _bench(parser, args)
     if args.command == "microbench":
@@ -249,6 +259,7 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if slo:
             parser.error(f"--slo: unknown keys {sorted(slo)}")
     limit = args.max_subscribers if args.find_max else None
+    options.stereo = args.stereo
     if args.record:
         if not args.spawn:
             parser.error("--record needs --spawn")

@@ -28,6 +28,8 @@ from signaling.store import Store
 logger = logging.getLogger(__name__)
 
 PUBLISHING_ROLES = ("moderator", "presenter")
+#: How a published video packs a stereo (3D) picture: one view, left|right, left over right.
+STEREO_LAYOUTS = ("mono", "sbs", "tb")
 
 
 @dataclass(slots=True)
@@ -73,6 +75,8 @@ class Member:
     sync_again: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     publish_count: int = 0
+    #: The stereo layout of the member's video (metadata only: pixels travel untouched).
+    stereo: str = "mono"
 
     @property
     def publishing(self) -> bool:
@@ -111,6 +115,7 @@ class Room:
             "role": member.role,
             "hand": member.hand,
             "publishing": member.publishing,
+            "stereo": member.stereo,
             "floor": member.id == self.floor,
         }
 
@@ -199,14 +204,17 @@ class Room:
 
     # ------------------------------------------------------------ publishing
 
-    async def publish(self, member: Member, offer: str) -> tuple[str, list[dict[str, str]]]:
-        """Accept a member's offer; its tracks join the room."""
+    async def publish(
+        self, member: Member, offer: str, stereo: str = "mono"
+    ) -> tuple[str, list[dict[str, str]]]:
+        """Accept a member's offer; its tracks join the room. ``stereo``: its video's layout."""
         if member.publish_peer is not None:
             await self.unpublish(member, sync=False)
         member.publish_count += 1
         peer_id = f"{self.id}.{member.id}.pub{member.publish_count}"
         answer, tracks = await self.sfu.publish(peer_id, offer)
         member.publish_peer = peer_id
+        member.stereo = stereo
         member.producers = {}
         member.codecs = {}
         member.muted.clear()
@@ -228,6 +236,14 @@ class Room:
         await self.updated(member)
         if sync:
             await self.sync_all()
+
+    async def set_stereo(self, member: Member, layout: str) -> None:
+        """A publisher's picture changed layout (mid-session): everyone is told."""
+        if member.stereo == layout:
+            return
+        member.stereo = layout
+        await self.updated(member)
+        self.record_state()
 
     def mute(self, member: Member, kind: str) -> bool:
         producer = member.producers.get(kind)
@@ -286,6 +302,8 @@ class Room:
                 codecs=self._codecs(),
                 publications={m.id: dict(m.producers) for m in self.members.values()},
                 members={m.id: (m.name, m.role) for m in self.members.values()},
+                stereo={m.id: m.stereo for m in self.members.values() if m.publishing},
+                main_holder=holder.id if holder is not None and holder.publishing else None,
                 producer_codecs={
                     producer: m.codecs[kind]
                     for m in self.members.values()

@@ -16,8 +16,13 @@ from signaling.tokens import issue_token
 logger = logging.getLogger(__name__)
 
 
-async def serve(config: Config, demo_room: str | None = None, link_ttl: float = 86400.0) -> int:
-    """Serve until SIGINT/SIGTERM; with ``demo_room``, also run the synthetic presenter there."""
+async def serve(
+    config: Config, demo_room: str | None = None, link_ttl: float = 86400.0, stereo: bool = False
+) -> int:
+    """Serve until SIGINT/SIGTERM; with ``demo_room``, also run the synthetic presenter there.
+
+    ``stereo``: the presenter sends the side-by-side 3D test card.
+    """
     signaling = config.signaling
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False)
@@ -39,7 +44,7 @@ async def serve(config: Config, demo_room: str | None = None, link_ttl: float = 
             token = issue_token(
                 signaling.secret, demo_room, "presenter", "Synthetic presenter", link_ttl
             )
-            presenter = loop.create_task(run_presenter(base, token))
+            presenter = loop.create_task(run_presenter(base, token, stereo=stereo))
             print(f"Synthetic presenter publishing into room {demo_room!r}. Open:")
             for role, name in (
                 ("viewer", "District hospital"),

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from sfu.server import SfuError
-from signaling.room import PUBLISHING_ROLES, Member, Room
+from signaling.room import PUBLISHING_ROLES, STEREO_LAYOUTS, Member, Room
 from signaling.tokens import ADMIN_ROLE, TokenError, verify_token
 
 if TYPE_CHECKING:
@@ -67,6 +67,14 @@ class TokenBucket:
         return True
 
 
+def _stereo(message: dict[str, Any]) -> str:
+    """The ``stereo`` field: how the publisher's video packs the two eyes."""
+    layout = _field(message, "stereo", str)
+    if layout not in STEREO_LAYOUTS:
+        raise ProtocolError("invalid-message", f"stereo must be one of {list(STEREO_LAYOUTS)}")
+    return str(layout)
+
+
 def _field(message: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     value = message.get(name)
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
@@ -90,6 +98,7 @@ class Session:
             "join": self.on_join,
             "publish": self.on_publish,
             "unpublish": self.on_unpublish,
+            "set-stereo": self.on_set_stereo,
             "answer": self.on_answer,
             "ice": self.on_ice,
             "raise-hand": self.on_raise_hand,
@@ -263,8 +272,16 @@ class Session:
             raise ProtocolError(
                 "forbidden", "only the floor holder, presenters and moderators publish"
             )
-        answer, tracks = await room.publish(member, _field(message, "sdp", str))
+        stereo = _stereo(message) if "stereo" in message else "mono"
+        answer, tracks = await room.publish(member, _field(message, "sdp", str), stereo)
         return {"type": "published", "sdp": answer, "tracks": tracks}
+
+    async def on_set_stereo(self, message: dict[str, Any]) -> dict[str, Any]:
+        room, member = self.joined()
+        if member.role not in PUBLISHING_ROLES and room.floor != member.id:
+            raise ProtocolError("forbidden", "only publishers describe their picture")
+        await room.set_stereo(member, _stereo(message))
+        return {"type": "ok"}
 
     async def on_unpublish(self, message: dict[str, Any]) -> dict[str, Any]:
         room, member = self.joined()

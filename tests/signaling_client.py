@@ -134,11 +134,11 @@ class Client:
         self.self_id = joined["self"]["id"]
         return joined
 
-    async def publish(self, tracks: Sequence[MediaStreamTrack]) -> dict[str, Any]:
+    async def publish(self, tracks: Sequence[MediaStreamTrack], **extra: Any) -> dict[str, Any]:
         pc = sending_peer(tracks)
         await pc.setLocalDescription(await pc.createOffer())
         published = await self.request(
-            {"type": "publish", "sdp": pc.localDescription.sdp}, reply="published"
+            {"type": "publish", "sdp": pc.localDescription.sdp, **extra}, reply="published"
         )
         await pc.setRemoteDescription(RTCSessionDescription(published["sdp"], "answer"))
         self.publisher = pc
