@@ -73,6 +73,10 @@ class PacketCache:
             return None
         return self._packets[slot]
 
+    def evicted(self, ext_seq: int) -> bool:
+        """True if a packet this old can no longer be in the cache (its slot was reused)."""
+        return ext_seq <= self.highest - self.capacity
+
     def arrival(self, ext_seq: int) -> float | None:
         """When the packet arrived, if still cached."""
         slot = ext_seq & self._mask

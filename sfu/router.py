@@ -82,7 +82,7 @@ class RouterConfig:
     keyframe_interval: float = 0.5
     #: A cached keyframe older than this does not start new subscribers.
     keyframe_max_age: float = 1.0
-    #: Upstream NACK retry interval when the publisher's RTT is unknown.
+    #: Shortest upstream NACK retry interval (retries follow the publisher's RTT once known).
     nack_retry_interval: float = 0.1
     #: Upstream NACK retries per missing packet.
     nack_max_retries: int = 5
@@ -261,6 +261,8 @@ class Consumer:
 
 _MAX_SEGMENTS = 4
 _MAX_RESENT = 1024
+#: Subscribers at least this RTT away (s) get NACKed packets twice.
+_FAR_RTT = 0.25
 
 
 class Router:
@@ -401,11 +403,11 @@ class Router:
         if ext_seq > previous_highest:
             producer.last_timestamp = header.timestamp
             producer.last_arrival = now
-            missing = producer.nacks.on_packet(ext_seq, previous_highest, now)
+            missing = producer.nacks.on_packet(ext_seq, previous_highest, now, retransmission)
             if missing:
                 self._nack_upstream(producer, missing)
         else:
-            producer.nacks.on_packet(ext_seq, previous_highest, now)
+            producer.nacks.on_packet(ext_seq, previous_highest, now, retransmission)
         if producer.audio_level_ext_id is not None:
             element = header.extensions.get(producer.audio_level_ext_id)
             if element is not None and element[1] >= 1:
@@ -651,25 +653,38 @@ class Router:
             consumer.stats.nack_misses += 1
             return
         src_ext = out_ext - segment.seq_offset
-        data = segment.producer.cache.get(src_ext)
+        producer = segment.producer
+        data = producer.cache.get(src_ext)
         if data is None:
             consumer.stats.nack_misses += 1
+            if producer is consumer.source and producer.cache.evicted(src_ext):
+                # Too old to repair: only a keyframe gets the subscriber going
+                # again. A packet still missing upstream is not: it is being
+                # NACKed upstream and is forwarded when it comes.
+                self.request_keyframe(producer.id, now)
             return
         out = self._rewrite_for(
-            consumer, segment.producer, data, src_ext, segment.seq_offset, segment.ts_offset
+            consumer, producer, data, src_ext, segment.seq_offset, segment.ts_offset
         )
         if out is None:
             return
-        if consumer.rtx_payload_type is not None and consumer.rtx_ssrc is not None:
-            out = wrap_rtx(
-                out, consumer.rtx_payload_type, consumer.rtx_seq & 0xFFFF, consumer.rtx_ssrc
-            )
-            consumer.rtx_seq += 1
         if len(consumer.resent) >= _MAX_RESENT:
             consumer.resent.clear()
         consumer.resent[out_seq] = now
         consumer.stats.retransmitted += 1
-        consumer.sink.send_rtp(out)
+        # A far subscriber gets two copies: a lost repair would cost it
+        # another round trip, longer than its playout delay covers.
+        far = consumer.rtt is not None and consumer.rtt >= _FAR_RTT
+        for _ in range(2 if far else 1):
+            if consumer.rtx_payload_type is not None and consumer.rtx_ssrc is not None:
+                consumer.sink.send_rtp(
+                    wrap_rtx(
+                        out, consumer.rtx_payload_type, consumer.rtx_seq & 0xFFFF, consumer.rtx_ssrc
+                    )
+                )
+                consumer.rtx_seq += 1
+            else:
+                consumer.sink.send_rtp(out)
 
     def on_sender_report(self, producer: Producer, report: rtcp.SenderReport, now: float) -> None:
         """A publisher's SR: kept for lip-sync translation and for our RR's LSR/DLSR."""

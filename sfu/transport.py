@@ -10,7 +10,8 @@ whose
   parse, no jitter buffer, no decoder thread;
 * RTP senders and receivers start no encoder, RTP loop, RTCP loop or decoder
   (``send``/``receive`` only report the negotiated parameters);
-* ICE gatherers offer host candidates on the configured addresses only.
+* ICE gatherers offer host candidates on the configured addresses only;
+* ICE consent checks wait for answers long enough for satellite links.
 
 :class:`PeerSink` is the fast send path: SRTP protect with the DTLS
 transport's session and one ``sendto`` on a duplicate of the nominated
@@ -20,14 +21,17 @@ counts it) instead of queueing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import random
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pylibsrtp
+from aioice import ice, stun
 from aiortc import (
     RTCBundlePolicy,
     RTCConfiguration,
@@ -126,6 +130,7 @@ class ForwardingPeerConnection(RTCPeerConnection):
         connection = dtls.transport.iceGatherer._connection
         restrict_host_candidates(connection, self._addresses)
         drop_empty_datagrams(connection)
+        patient_consent_checks(connection)
         return dtls
 
     def _RTCPeerConnection__createTransceiver(
@@ -181,6 +186,47 @@ def drop_empty_datagrams(connection: Any) -> None:
             deliver(data, component)
 
     connection.data_received = data_received
+
+
+#: STUN retransmissions of one consent check: answers within 0.5 + 1 + 2 s count.
+CONSENT_RETRANSMISSIONS = 2
+
+
+def patient_consent_checks(connection: Any) -> None:
+    """Make one aioice connection's consent checks (RFC 7675) survive long round trips.
+
+    aioice 0.13 sends each check once and counts it failed when no answer
+    came within 0.5 s (its first STUN retransmission timeout), then closes
+    the connection after six failures in a row. On a satellite link (island
+    stations: 600-700 ms RTT) every check fails and the SFU drops the peer
+    after about 30 s. This is aioice's loop with the check retransmitted
+    (RFC 8489 §6.2.1) so late answers count.
+    """
+
+    async def query_consent() -> None:
+        assert connection.remote_password is not None
+        failures = 0
+        while True:
+            await asyncio.sleep(ice.CONSENT_INTERVAL * random.uniform(0.8, 1.2))
+            for pair in connection._nominated.values():
+                request = connection.build_request(pair, nominate=False)
+                try:
+                    await pair.protocol.request(
+                        request,
+                        pair.remote_addr,
+                        integrity_key=connection.remote_password.encode("utf8"),
+                        retransmissions=CONSENT_RETRANSMISSIONS,
+                    )
+                    failures = 0
+                except stun.TransactionError:
+                    failures += 1
+                if failures >= ice.CONSENT_FAILURES:
+                    logger.info("ICE consent to send expired")
+                    connection._query_consent_task = None
+                    await connection.close()
+                    return
+
+    connection.query_consent = query_consent
 
 
 class SrtpSink:

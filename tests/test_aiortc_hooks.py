@@ -60,3 +60,18 @@ async def test_forwarding_peer_connection_installs_inert_sender_and_receiver() -
         assert candidates and all(" 127.0.0.1 " in line for line in candidates)
     finally:
         await pc.close()
+
+
+def test_aioice_consent_check_hooks() -> None:
+    """patient_consent_checks replaces Connection.query_consent with a copy that retransmits."""
+    connection = aioice.ice.Connection(ice_controlling=False)
+    source = inspect.getsource(aioice.ice.Connection)
+    assert "self._query_consent_task = asyncio.create_task(self.query_consent())" in source
+    assert callable(connection.build_request)
+    assert isinstance(aioice.ice.CONSENT_INTERVAL, int | float)
+    assert isinstance(aioice.ice.CONSENT_FAILURES, int)
+    request = inspect.signature(aioice.ice.StunProtocol.request)
+    assert "retransmissions" in request.parameters and "integrity_key" in request.parameters
+    # The loop we replace sends each check once (a 0.5 s deadline); if aioice
+    # ever retransmits them itself, the hook can go.
+    assert "retransmissions=0," in inspect.getsource(aioice.ice.Connection.query_consent)

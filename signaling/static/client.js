@@ -58,13 +58,91 @@ export function backoffDelay(attempt, { base = 500, max = 10000, random = Math.r
 }
 
 /**
+ * The playout-delay rule (see docs/island.md), one received video track at a time.
+ *
+ * A lost packet is repaired by a NACK and a retransmission from the SFU's
+ * cache, which arrives about one round trip after the loss. Chromium's own
+ * jitter buffer is sized from arrival jitter only (~10-100 ms) and a
+ * receive-only peer never learns the RTT, so on a long link every repaired
+ * frame arrives too late and the picture freezes. So, while losses are being
+ * repaired on a link whose RTT is at least `minRttMs`, the track's
+ * jitterBufferTarget is raised to RTT + max(`marginMs`, 4 x jitter), at most
+ * `maxMs`; it is held `holdMs` after the last repair, then given back to the
+ * browser (null), whose own buffer then shrinks (Chromium lowers it by about
+ * 100 ms per second): a clean link is back at its low latency within 10 s,
+ * and a clean viewer never gets any added delay. A track first seen on a
+ * link already known to be long starts with the target, as if repairing.
+ * (Far subscribers also get each repair twice from the SFU, so a lost
+ * retransmission rarely costs a second round trip.)
+ *
+ * Frames can also come late through a clean link: a publisher on an island
+ * uplink has its losses repaired by the SFU a round trip of *its* link
+ * later. So a track that froze in two samples within `holdMs` gets at
+ * least its mean freeze duration + `marginMs` (one freeze alone, say a
+ * busy CPU, changes nothing), held `lateHoldMs`: once covered, nothing
+ * shows that frames still come late.
+ *
+ * RTT is the selected ICE candidate pair's currentRoundTripTime (STUN
+ * consent checks): the only RTT a receive-only Chromium peer reports
+ * (remote-outbound-rtp has no RTT without XR); `unknownRttMs` stands in when
+ * it is missing.
+ */
+export const PLAYOUT_RULE = Object.freeze({
+  marginMs: 200, // gap detection, NACK pacing and the retransmission's own jitter
+  minRttMs: 100, // below this the browser's own buffer hides a repair
+  maxMs: 1000, // beyond this a live consultation feels broken anyway
+  holdMs: 3000, // losses a few seconds apart still count as one lossy spell
+  lateHoldMs: 30000, // a speaker on an island uplink usually keeps the floor a while
+  unknownRttMs: 300,
+});
+
+/**
+ * Next playout-delay state of one received video track.
+ * previous: {targetMs: ms|null, holdUntil: ms, frozeAt: ms|null} (or null at first)
+ * sample: {now: ms, rtt: s|null, jitter: s|null, and since the previous
+ *          sample: lost, nacks (sent), retransmitted (received) packets,
+ *          freezes (count), frozen (s, their total duration)}
+ * Returns the next state; targetMs null means the browser's default.
+ */
+export function choosePlayoutDelay(previous, sample, rule = PLAYOUT_RULE) {
+  const { now, rtt, jitter, lost, nacks, retransmitted, freezes = 0, frozen = 0 } = sample;
+  const lastFreeze = previous ? previous.frozeAt : null;
+  const frozeAt = freezes > 0 ? now : lastFreeze;
+  const rttMs = rtt != null ? rtt * 1000 : rule.unknownRttMs;
+  // A new track on a known long link starts covered: its first loss would
+  // otherwise freeze the picture before the next sample could react.
+  const presumed = previous == null && rtt != null;
+  let needMs = null;
+  let holdUntil = previous ? previous.holdUntil : -Infinity;
+  if ((presumed || lost > 0 || nacks > 0 || retransmitted > 0) && rttMs >= rule.minRttMs) {
+    needMs = rttMs + Math.max(rule.marginMs, 4 * (jitter ?? 0) * 1000);
+    holdUntil = Math.max(holdUntil, now + rule.holdMs);
+  }
+  if (freezes > 0 && lastFreeze != null && now - lastFreeze < rule.holdMs) {
+    needMs = Math.max(needMs ?? 0, (1000 * frozen) / freezes + rule.marginMs);
+    holdUntil = Math.max(holdUntil, now + rule.lateHoldMs);
+  }
+  if (needMs != null) {
+    // Within a hold a target only grows: a smaller need is no reason to shrink it.
+    const keep = previous && now < previous.holdUntil ? previous.targetMs ?? 0 : 0;
+    return { targetMs: Math.round(Math.min(rule.maxMs, Math.max(keep, needMs))), holdUntil, frozeAt };
+  }
+  if (previous && previous.targetMs != null && now < holdUntil) {
+    return { targetMs: previous.targetMs, holdUntil, frozeAt };
+  }
+  return { targetMs: null, holdUntil, frozeAt };
+}
+
+/**
  * Turn one stats sample into a sentence a nurse understands.
  * sample: {connection: RTCPeerConnectionState|null, rtt: s|null, loss: 0..1|null,
- *          jitter: s|null, fps: number|null, packets: packets received in the window}
+ *          jitter: s|null, fps: number|null, packets: packets received in the window,
+ *          delay: s of playout delay added by choosePlayoutDelay|null,
+ *          recovered: share of lost video packets repaired, 0..1|null}
  * Returns {level: "good"|"weak"|"poor"|"idle", text}.
  */
 export function assessQuality(sample) {
-  const { connection, rtt, loss, jitter, fps, packets } = sample;
+  const { connection, rtt, loss, jitter, fps, packets, delay, recovered } = sample;
   if (!connection || connection === "new" || connection === "connecting") {
     return { level: "idle", text: "connecting" };
   }
@@ -80,6 +158,13 @@ export function assessQuality(sample) {
   if (lossPct >= 10 || rttMs >= 1000 || jitterMs >= 150) {
     return { level: "poor", text: "link poor: picture and sound may break up" };
   }
+  // Losses are being repaired behind a longer playout delay: smooth but late.
+  // Without losses of our own, the late frames come from the sender's link.
+  if (delay != null) {
+    const smooth = `weak: picture delayed ${delay.toFixed(1)} s to stay smooth`;
+    if (lossPct < 0.5 && rttMs < 100) return { level: "weak", text: `sender's link ${smooth}` };
+    if (recovered == null || recovered >= 0.9) return { level: "weak", text: `link ${smooth}` };
+  }
   if (lossPct >= 2) return { level: "weak", text: "link weak: some picture loss" };
   if (rttMs >= 400) return { level: "weak", text: "link weak: delayed" };
   if (jitterMs >= 50) return { level: "weak", text: "link weak: uneven" };
@@ -91,10 +176,12 @@ export function assessQuality(sample) {
 }
 
 /** The numbers behind assessQuality, for a tooltip. */
-export function describeQualityNumbers({ rtt, loss, jitter, fps }) {
+export function describeQualityNumbers({ rtt, loss, jitter, fps, delay, recovered }) {
   const parts = [];
   if (rtt != null) parts.push(`round trip ${Math.round(rtt * 1000)} ms`);
   if (loss != null) parts.push(`packet loss ${(loss * 100).toFixed(1)} %`);
+  if (recovered != null) parts.push(`${Math.round(recovered * 100)} % of lost video packets recovered`);
+  if (delay != null) parts.push(`picture delayed ${Math.round(delay * 1000)} ms`);
   if (jitter != null) parts.push(`jitter ${Math.round(jitter * 1000)} ms`);
   if (fps != null) parts.push(`${Math.round(fps)} frames/s`);
   return parts.join(" · ");
@@ -124,7 +211,7 @@ export class TelebridgeSession extends EventTarget {
     room = null,
     url = defaultWebSocketUrl(),
     rtcConfig = { iceServers: [] },
-    statsIntervalMs = 2000,
+    statsIntervalMs = 1000, // getStats period: playout delay and quality
     keepaliveTickMs = 5000,
     pingAfterMs = 10000, // send `ping` after this long without any server message
     livenessTimeoutMs = 10000, // no answer to a ping for this long: the link is dead
@@ -187,6 +274,7 @@ export class TelebridgeSession extends EventTarget {
     this.lastMessageAt = 0;
     this.pingSentAt = null;
     this.prevStats = null;
+    this.playout = new Map(); // video mid -> choosePlayoutDelay state and counters
 
     this.onOnline = () => {
       // The network came back: do not wait for the rest of the backoff.
@@ -454,6 +542,7 @@ export class TelebridgeSession extends EventTarget {
     // Keep the camera running: a presenter republishes it right after rejoining.
     this.closePublishConnection({ stopMedia: false, notifyServer: false });
     this.prevStats = null;
+    this.playout = new Map();
     this.setQuality({ level: "idle", text: "not connected", title: "" });
   }
 
@@ -657,6 +746,8 @@ export class TelebridgeSession extends EventTarget {
       if (pc !== this.subscribePc) return;
       if (pc.connectionState === "failed") this.drop("media connection failed");
       else this.emit("connection");
+      // Size the playout delay before the first frames, not a second later.
+      if (pc.connectionState === "connected") this.sampleQuality(this.connId);
     };
     return pc;
   }
@@ -898,7 +989,10 @@ export class TelebridgeSession extends EventTarget {
 
   // -------------------------------------------------------------- quality
 
-  /** Every 2 s: getStats of the subscribe connection -> a short sentence. */
+  /**
+   * Every second: getStats of the subscribe connection -> each video track's
+   * playout delay (choosePlayoutDelay) and a short sentence for the nurse.
+   */
   async sampleQuality(conn) {
     // (offerTracks: from the latest `offer` or `tracks` message)
     const pc = this.subscribePc;
@@ -920,6 +1014,7 @@ export class TelebridgeSession extends EventTarget {
     const selectedPairIds = new Set();
     let lost = 0, received = 0, audioJitter = null, videoJitter = null, fps = null;
     const videoFps = [];
+    const videoInbound = [];
     report.forEach((s) => {
       if (s.type === "transport" && s.selectedCandidatePairId) selectedPairIds.add(s.selectedCandidatePairId);
     });
@@ -934,12 +1029,14 @@ export class TelebridgeSession extends EventTarget {
           if (s.kind === "audio") audioJitter = Math.max(audioJitter ?? 0, s.jitter);
           else videoJitter = Math.max(videoJitter ?? 0, s.jitter);
         }
-        if (s.kind === "video" && s.framesPerSecond != null) {
-          videoFps.push({ mid: s.mid, fps: s.framesPerSecond });
+        if (s.kind === "video") {
+          videoInbound.push(s);
+          if (s.framesPerSecond != null) videoFps.push({ mid: s.mid, fps: s.framesPerSecond });
         }
       }
     });
     if (rtt == null) rtt = pairFallback;
+    const { delay, recovered } = this.tunePlayout(pc, videoInbound, rtt);
     // Video jitter is bursty by nature (a frame is many packets); audio's tells
     // how even the link is. Fall back to video when there is no audio.
     const jitter = audioJitter ?? videoJitter;
@@ -954,9 +1051,53 @@ export class TelebridgeSession extends EventTarget {
     const dLost = prev ? Math.max(0, lost - prev.lost) : 0;
     const dReceived = prev ? Math.max(0, received - prev.received) : received;
     const loss = dLost + dReceived > 0 ? dLost / (dLost + dReceived) : null;
-    const sample = { connection: pc.connectionState, rtt, loss, jitter, fps, packets: dReceived };
+    const sample = { connection: pc.connectionState, rtt, loss, jitter, fps, packets: dReceived, delay, recovered };
     const verdict = assessQuality(sample);
     this.setQuality({ ...verdict, title: describeQualityNumbers(sample), numbers: sample });
+  }
+
+  /**
+   * Apply choosePlayoutDelay to every received video track (by mid) and set
+   * its receiver's jitterBufferTarget. Audio follows through lip sync.
+   * Returns {delay: the largest added delay in s or null, recovered: share of
+   * lost video packets repaired since the connection started, or null}.
+   */
+  tunePlayout(pc, videoInbound, rtt) {
+    const inbound = new Map(videoInbound.map((s) => [String(s.mid), s]));
+    const now = Date.now();
+    const states = new Map();
+    let delayMs = null, lost = 0, retransmitted = 0;
+    for (const transceiver of pc.getTransceivers()) {
+      const receiver = transceiver.receiver;
+      if (transceiver.mid == null || transceiver.currentDirection === "stopped") continue;
+      if (receiver.track.kind !== "video") continue;
+      if (!("jitterBufferTarget" in receiver)) continue;
+      const mid = String(transceiver.mid);
+      const s = inbound.get(mid) || {};
+      const counts = {
+        lost: Math.max(0, s.packetsLost || 0),
+        nacks: s.nackCount || 0,
+        retransmitted: s.retransmittedPacketsReceived || 0,
+        freezes: s.freezeCount || 0,
+        frozen: s.totalFreezesDuration || 0,
+      };
+      const prev = this.playout.get(mid);
+      const delta = {};
+      for (const [key, value] of Object.entries(counts)) {
+        delta[key] = prev ? Math.max(0, value - prev.counts[key]) : value;
+      }
+      const next = choosePlayoutDelay(prev, { now, rtt, jitter: s.jitter ?? null, ...delta });
+      if (receiver.jitterBufferTarget !== next.targetMs) receiver.jitterBufferTarget = next.targetMs;
+      states.set(mid, { ...next, counts });
+      if (next.targetMs != null) delayMs = Math.max(delayMs ?? 0, next.targetMs);
+      lost += counts.lost;
+      retransmitted += counts.retransmitted;
+    }
+    this.playout = states;
+    return {
+      delay: delayMs == null ? null : delayMs / 1000,
+      recovered: lost > 0 ? Math.min(1, retransmitted / lost) : null,
+    };
   }
 
   setQuality(quality) {
