@@ -42,9 +42,15 @@ from signaling.tokens import ADMIN_ROLE, Grant, TokenError, verify_token
 LOG = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
+#: The page's files: name -> (path, content type). The stereo renderer is the
+#: room page's own, so a recording looks as it did live.
 STATIC_FILES = {
-    "archive.js": "text/javascript; charset=utf-8",
-    "archive.css": "text/css; charset=utf-8",
+    "archive.js": (STATIC / "archive.js", "text/javascript; charset=utf-8"),
+    "archive.css": (STATIC / "archive.css", "text/css; charset=utf-8"),
+    "stereo.js": (
+        Path(__file__).resolve().parent.parent / "signaling" / "static" / "stereo.js",
+        "text/javascript; charset=utf-8",
+    ),
 }
 RECORDING_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
@@ -304,8 +310,9 @@ def add_archive_routes(app: web.Application, directory: Path, secret: str) -> No
         name = request.match_info["name"]
         if name not in STATIC_FILES:
             raise web.HTTPNotFound()
-        headers = {"Content-Type": STATIC_FILES[name], "Cache-Control": "no-cache"}
-        return web.FileResponse(STATIC / name, headers=headers)
+        path, content_type = STATIC_FILES[name]
+        headers = {"Content-Type": content_type, "Cache-Control": "no-cache"}
+        return web.FileResponse(path, headers=headers)
 
     @_refusals
     async def list_recordings(request: web.Request) -> web.StreamResponse:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
+from browser import ARTIFACTS, chromium
+from playwright.async_api import Page
 from signaling_client import Client, ProtocolFailure, running_server, token
 
 from bench.feed import EncodedLoopTrack, encode_loop
@@ -89,3 +93,134 @@ async def test_layout_reaches_viewers_late_joiners_and_the_recording(
     assert manifest["stereo"] == "sbs"
     assert [c["stereo"] for c in manifest["stereo_changes"]] == ["sbs", "tb", "sbs"]
     assert {f["stereo"] for f in manifest["files"]} == {"sbs"}
+
+
+#: The centre of the eye markers, as fractions of one eye.
+MARK_X = (StereoPattern.marker[0] + StereoPattern.marker[2]) / 2
+MARK_Y = (StereoPattern.marker[1] + StereoPattern.marker[3]) / 2
+
+
+async def poll(page: Page, script: str, predicate: Any = bool, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = await page.evaluate(script)
+        if predicate(value):
+            return value
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{script[:70]} stayed {value!r}")
+
+
+def red(p: list[int]) -> bool:
+    return p[0] > 160 and p[1] < 90 and p[2] < 90
+
+
+def green(p: list[int]) -> bool:
+    return p[0] < 90 and p[1] > 160 and p[2] < 90
+
+
+def yellow(p: list[int]) -> bool:  # red from the left eye, green (and no blue) from the right
+    return p[0] > 160 and p[1] > 160 and p[2] < 90
+
+
+async def test_chromium_viewers_see_2d_anaglyph_and_side_by_side(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    recordings = tmp_path / "recordings"
+    config = Config()
+    config.recorder.directory = str(recordings)
+    config.recorder.auto_record = ["3d"]
+    card = StereoPattern(960, 540, disparity=16)
+    frames = encode_loop("vp8", 960, 540, 30, 1_500_000, 60, card.draw)
+    async with running_server(config) as (base, _server):
+        presenter = Client(base, http)
+        try:
+            await presenter.join(token("3d", "presenter", "3D tower"), receive=False)
+            loop = EncodedLoopTrack(frames, 30)
+            await presenter.publish([loop, ToneAudioTrack()], stereo="sbs")
+            assert presenter.publisher is not None
+            loop.attach(presenter.publisher)
+
+            def link(view: str, name: str) -> str:
+                jwt = token("3d", "viewer", name, subject=name)
+                return f"{base}/room/3d?token={jwt}&autojoin=1&view={view}"
+
+            async with chromium(tmp_path / "chromium") as browser:
+                pages: dict[str, Page] = {}
+                for view in ("2d", "anaglyph", "sbs"):
+                    pages[view] = await browser.new_page()
+                    await pages[view].goto(link(view, f"AV room {view}"))
+                for page in pages.values():
+                    await poll(page, "() => window.telebridge.stereo.layout", lambda v: v == "sbs")
+
+                # 2D: only the left eye, at the frame's 16:9 aspect ratio.
+                two_d = pages["2d"]
+                await poll(two_d, "() => window.telebridge.stereo.frames", lambda n: n > 10)
+                await poll(two_d, f"() => window.telebridge.stereo.pixel({MARK_X}, {MARK_Y})", red)
+                size = await two_d.evaluate(
+                    "() => { const c = document.getElementById('main-stereo');"
+                    " const r = c.getBoundingClientRect();"
+                    " return [c.width, c.height, r.width / r.height, c.hidden]; }"
+                )
+                assert size[:2] == [480, 540] and abs(size[2] - 16 / 9) < 0.02 and not size[3]
+                assert await two_d.is_visible("#view-label")
+
+                # Anaglyph: red from the left eye's red marker, green from the right's green one.
+                anaglyph = pages["anaglyph"]
+                await poll(
+                    anaglyph, f"() => window.telebridge.stereo.pixel({MARK_X}, {MARK_Y})", yellow
+                )
+                drawn = await anaglyph.evaluate("() => window.telebridge.stereo.frames")
+                await asyncio.sleep(1.0)
+                rate = await anaglyph.evaluate("() => window.telebridge.stereo.frames") - drawn
+                assert rate >= 15, rate  # keeps up with the 30 fps feed (give or take a busy box)
+
+                # Side by side: the video itself, both halves untouched.
+                sbs = pages["sbs"]
+                assert await sbs.evaluate("() => document.getElementById('main-stereo').hidden")
+                left = f"() => window.telebridge.stereo.pixel({MARK_X / 2}, {MARK_Y})"
+                right = f"() => window.telebridge.stereo.pixel({0.5 + MARK_X / 2}, {MARK_Y})"
+                await poll(sbs, left, red)
+                await poll(sbs, right, green)
+
+                ARTIFACTS.mkdir(exist_ok=True)
+                for view, page in pages.items():
+                    await page.screenshot(path=str(ARTIFACTS / f"stereo-{view}.png"))
+
+                # The presenter changes layout mid-session: every viewer follows,
+                # and a late joiner starts with the new one.
+                await presenter.request({"type": "set-stereo", "stereo": "tb"})
+                for page in pages.values():
+                    await poll(page, "() => window.telebridge.stereo.layout", lambda v: v == "tb")
+                late = await browser.new_page()
+                await late.goto(link("2d", "Late clinic"))
+                await poll(late, "() => window.telebridge.stereo.layout", lambda v: v == "tb")
+                await presenter.request({"type": "set-stereo", "stereo": "sbs"})
+                await poll(late, "() => window.telebridge.stereo.layout", lambda v: v == "sbs")
+                await asyncio.sleep(1.0)
+        finally:
+            await presenter.close()
+
+    # The recording says sbs and plays back in each mode in the archive.
+    [directory] = [d for d in recordings.iterdir() if d.is_dir()]
+    manifest = read_manifest(directory)
+    assert manifest is not None and manifest["stereo"] == "sbs"
+    async with (
+        running_server(config) as (base, _server),
+        chromium(tmp_path / "archive") as browser,
+    ):
+        page = await browser.new_page()
+        await page.goto(f"{base}/archive?token={token('3d', 'viewer', 'Resident')}")
+        await page.click(f'.card[data-id="{manifest["id"]}"]', timeout=15000)
+        assert await page.is_visible("#view-label")
+        await page.evaluate("() => window.archive.video.play()")
+        await poll(page, "() => window.archive.video.currentTime", lambda t: t > 0.5)
+        probe = f"() => window.archive.view.pixel({MARK_X}, {MARK_Y})"
+        await page.select_option("#view", "2d")
+        await poll(page, probe, lambda p: p is not None and red(p))
+        await page.select_option("#view", "anaglyph")
+        await poll(page, probe, lambda p: p is not None and yellow(p))
+        await page.select_option("#view", "sbs")
+        assert await page.evaluate("() => document.getElementById('anaglyph').hidden")
+        both = f"() => window.archive.view.pixel({0.5 + MARK_X / 2}, {MARK_Y})"
+        await poll(page, both, lambda p: p is not None and green(p))

@@ -18,7 +18,7 @@
     recordings: [],
     manifest: null,
     stereo: { layout: "mono", mode: "sbs" },
-    anaglyphFrame: 0,
+    view: null, // StereoView over the player
   };
 
   // An element with properties (className, textContent, href, ...) and children.
@@ -280,69 +280,15 @@
     applyStereo(video, layout, layout === "mono" ? "sbs" : $("view").value);
   }
 
-  // --- stereo views of side-by-side ("sbs") and top-bottom ("tb") recordings ---
-
-  // The stage's shape for the current layout and mode: one eye's aspect ratio, or the frame's.
-  function fitStage() {
-    const video = $("player");
-    const stage = $("stage");
-    const { layout, mode } = state.stereo;
-    if (layout === "mono" || mode === "sbs" || !video.videoWidth) {
-      stage.style.aspectRatio = "";
-      return;
-    }
-    const width = layout === "sbs" ? video.videoWidth / 2 : video.videoWidth;
-    const height = layout === "tb" ? video.videoHeight / 2 : video.videoHeight;
-    stage.style.aspectRatio = `${width} / ${height}`;
-  }
-
-  // Red from the left (top) eye, green and blue from the right (bottom) eye, each frame.
-  function runAnaglyph(video, canvas, layout) {
-    const work = document.createElement("canvas");
-    const source = work.getContext("2d", { willReadFrequently: true });
-    const out = canvas.getContext("2d");
-    let drawnAt = -1;
-    const draw = () => {
-      state.anaglyphFrame = requestAnimationFrame(draw);
-      const { videoWidth: w, videoHeight: h } = video;
-      if (!w || video.readyState < 2 || video.currentTime === drawnAt) return;
-      drawnAt = video.currentTime;
-      const eyeWidth = layout === "sbs" ? w >> 1 : w;
-      const eyeHeight = layout === "tb" ? h >> 1 : h;
-      if (work.width !== w || work.height !== h) Object.assign(work, { width: w, height: h });
-      if (canvas.width !== eyeWidth || canvas.height !== eyeHeight) {
-        Object.assign(canvas, { width: eyeWidth, height: eyeHeight });
-      }
-      source.drawImage(video, 0, 0);
-      const left = source.getImageData(0, 0, eyeWidth, eyeHeight);
-      const right = layout === "sbs"
-        ? source.getImageData(eyeWidth, 0, eyeWidth, eyeHeight)
-        : source.getImageData(0, eyeHeight, eyeWidth, eyeHeight);
-      const l = left.data;
-      const r = right.data;
-      for (let i = 0; i < l.length; i += 4) {
-        l[i + 1] = r[i + 1];
-        l[i + 2] = r[i + 2];
-      }
-      out.putImageData(left, 0, 0);
-    };
-    draw();
-  }
+  // --- stereo views: the room page's renderer (/static/stereo.js), same three modes ---
 
   // Show `video` of stereo `layout` ("mono", "sbs", "tb") in `mode`: "sbs" as recorded,
-  // "2d" cropped to the left (top) eye, "anaglyph" as a red/cyan picture on a canvas.
+  // "2d" the left (top) eye at the frame's aspect ratio, "anaglyph" red/cyan.
   function applyStereo(video, layout, mode) {
-    const stage = video.parentElement;
-    const canvas = stage.querySelector("canvas");
-    cancelAnimationFrame(state.anaglyphFrame);
     state.stereo = { layout, mode };
-    const transformed = layout !== "mono" && mode !== "sbs";
-    stage.classList.toggle("cropped", transformed);
-    stage.classList.toggle("sbs", transformed && layout === "sbs");
-    canvas.hidden = !(transformed && mode === "anaglyph");
-    $("transport").hidden = !transformed; // the native controls are cropped or covered
-    fitStage();
-    if (!canvas.hidden) runAnaglyph(video, canvas, layout);
+    if (!state.view) return; // stereo.js not loaded yet: start() applies it
+    state.view.set({ layout, mode });
+    $("transport").hidden = !state.view.drawing; // the native controls are covered
   }
 
   // --- the transport bar, for stereo views that crop or cover the native controls ---
@@ -362,7 +308,6 @@
     for (const event of ["timeupdate", "play", "pause", "durationchange", "emptied"]) {
       video.addEventListener(event, updateTransport);
     }
-    video.addEventListener("loadedmetadata", fitStage);
     video.addEventListener("error", () => {
       if (video.getAttribute("src")) {
         showError(new Error("this file cannot be played here (download it instead)"));
@@ -384,6 +329,8 @@
 
   async function start() {
     state.token = readToken();
+    const { StereoView } = await import("/archive/static/stereo.js");
+    state.view = new StereoView($("player"), $("anaglyph"));
     wire();
     await search();
     const wanted = decodeURIComponent(location.hash.slice(1));
@@ -405,6 +352,9 @@
     },
     get manifest() {
       return state.manifest;
+    },
+    get view() {
+      return state.view;
     },
     search,
     select,

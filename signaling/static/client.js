@@ -256,6 +256,7 @@ export class TelebridgeSession extends EventTarget {
     this.publishTransceivers = { audio: null, video: null };
     this.mutedByModerator = { audio: false, video: false };
     this.handRaised = false;
+    this.stereo = "mono"; // our video's stereo layout: "mono", "sbs" or "tb"
 
     // Connection bookkeeping.
     this.ws = null;
@@ -380,6 +381,24 @@ export class TelebridgeSession extends EventTarget {
 
   setRecording(active) {
     return this.request({ type: active ? "start-recording" : "stop-recording" });
+  }
+
+  /**
+   * Say how our video packs a stereo (3D) picture: "mono", "sbs" (left eye in
+   * the left half) or "tb" (left eye on top). Sent with every publish, and
+   * at once when publishing already.
+   */
+  setStereo(layout) {
+    this.stereo = layout;
+    this.emit("stereo");
+    if (!this.publishing) return Promise.resolve();
+    return this.request({ type: "set-stereo", stereo: layout });
+  }
+
+  /** The stereo layout of the main feed (the publisher it carries). */
+  get mainStereo() {
+    const p = this.mainFeed != null ? this.participantsById.get(this.mainFeed) : null;
+    return (p && p.stereo) || "mono";
   }
 
   /** Manually start publishing (moderator/presenter may do so without the floor). */
@@ -858,7 +877,8 @@ export class TelebridgeSession extends EventTarget {
       };
       await pc.setLocalDescription(await pc.createOffer());
       this.emit("local-media");
-      const reply = await this.request({ type: "publish", sdp: pc.localDescription.sdp }, "published");
+      const reply = await this.request(
+        { type: "publish", sdp: pc.localDescription.sdp, stereo: this.stereo }, "published");
       if (!stillCurrent()) {
         // Cancelled while the server was answering: it has our publication now.
         if (conn === this.connId) this.request({ type: "unpublish" }, "unpublished").catch(() => {});

@@ -3,8 +3,11 @@
 //
 // Kiosk deep link: /room/<room>?token=<jwt>&autojoin=1 joins with no click and
 // rejoins by itself after drops. Without autojoin a Join button is shown.
+// &view=2d|anaglyph|sbs: how a stereo (3D) main feed is shown (an AV room with a
+// 3D monitor uses sbs); &stereo=sbs|tb: our own camera is a 3D tower's output.
 
 import { TelebridgeSession, roomFromPath } from "./client.js";
+import { LAYOUTS, StereoView, parseViewMode } from "./stereo.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -24,6 +27,11 @@ const el = {
   mainVideo: $("main-video"),
   mainCaption: $("main-caption"),
   mainPlaceholder: $("main-placeholder"),
+  mainStereo: $("main-stereo"),
+  viewLabel: $("view-label"),
+  viewMode: $("view-mode"),
+  stereoLabel: $("stereo-label"),
+  stereoLayout: $("stereo-layout"),
   previewBox: $("self-preview-box"),
   preview: $("self-preview"),
   localMuted: $("local-muted"),
@@ -46,6 +54,10 @@ const el = {
 };
 
 const session = new TelebridgeSession({ token: params.get("token") || "", room });
+if (LAYOUTS.includes(params.get("stereo"))) session.stereo = params.get("stereo");
+const stereoView = new StereoView(el.mainVideo, el.mainStereo);
+stereoView.set({ mode: parseViewMode(params.get("view")) });
+el.viewMode.value = stereoView.mode;
 
 // ------------------------------------------------------------ test hooks
 
@@ -67,6 +79,7 @@ window.telebridge = {
 Object.defineProperties(window.telebridge, {
   session: { value: session },
   quality: { get: () => ({ ...session.quality }) },
+  stereo: { value: stereoView },
   join: { value: () => startJoin() },
   leave: { value: () => session.leave() },
 });
@@ -182,6 +195,8 @@ function renderControls() {
   el.publishToggle.textContent = session.publishPc ? "Stop camera" : "Start camera";
 
   el.shareScreen.hidden = !(joined && session.publishPc);
+  el.stereoLabel.hidden = el.publishToggle.hidden && !session.publishPc;
+  el.stereoLayout.value = session.stereo;
   el.shareScreen.textContent = session.screenTrack ? "Stop sharing" : "Share screen";
   el.shareScreen.disabled = session.mutedByModerator.video;
 
@@ -290,6 +305,8 @@ function renderMain() {
   const speakerIsMain = session.activeSpeaker != null && session.activeSpeaker === feed;
   el.mainVideo.classList.toggle("speaking", speakerIsMain);
   el.mainPlaceholder.hidden = !!stream && session.floor != null;
+  stereoView.set({ layout: stream ? session.mainStereo : "mono" });
+  el.viewLabel.hidden = stereoView.layout === "mono";
   el.mainPlaceholder.textContent =
     session.state === "joined" ? "Waiting for the presenter" : STATUS_TEXT[session.state] || "";
 }
@@ -333,6 +350,8 @@ function renderThumbCaptions() {
     figure.querySelector("video").classList.toggle("speaking", speaking);
     const known = [...session.participantsById.keys()].find((k) => String(k) === id);
     figure.querySelector("figcaption").textContent = participantName(known ?? id) || id;
+    // A stereo publisher's thumbnail shows one eye (CSS object-view-box, no drawing).
+    figure.dataset.stereo = session.participantsById.get(known)?.stereo || "mono";
   }
 }
 
@@ -370,7 +389,8 @@ session.addEventListener("change", (event) => {
     case "recording": renderRecording(); renderControls(); break;
     case "streams": renderMain(); renderThumbs(); break;
     case "local-media": renderLocalMedia(); renderControls(); break;
-    case "participants": scheduleParticipants(); renderControls(); break;
+    case "participants": scheduleParticipants(); renderControls(); renderMain(); break;
+    case "stereo": renderControls(); break;
     case "active-speaker": scheduleParticipants(); renderMain(); break;
     case "main-feed":
     case "floor": renderMain(); scheduleParticipants(); renderControls(); break;
@@ -408,6 +428,14 @@ el.shareScreen.addEventListener("click", () => {
 el.revokeFloor.addEventListener("click", () => act(session.revokeFloor()));
 el.endRoom.addEventListener("click", () => act(session.endRoom()));
 el.toggleRecording.addEventListener("click", () => act(session.setRecording(!session.recording)));
+el.viewMode.addEventListener("change", () => {
+  stereoView.set({ mode: el.viewMode.value });
+  // Keep the choice in the address, so a reload (or a bookmark) comes up the same.
+  const url = new URL(location.href);
+  url.searchParams.set("view", stereoView.mode);
+  history.replaceState(null, "", url);
+});
+el.stereoLayout.addEventListener("change", () => act(session.setStereo(el.stereoLayout.value)));
 
 // Moderator buttons in the list (event delegation: the list re-renders).
 el.participants.addEventListener("click", (event) => {
