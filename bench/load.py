@@ -72,6 +72,9 @@ class BenchOptions:
     record_dir: str | None = None
     #: The presenter sends the side-by-side 3D test card (and says ``stereo: "sbs"``).
     stereo: bool = False
+    #: Pin the spawned server to these CPUs and the bench itself (presenter and
+    #: client processes) to the others: "the largest N on one core" (Linux).
+    server_cpus: list[int] | None = None
 
 
 # ------------------------------------------------------------------ server
@@ -144,6 +147,18 @@ class SpawnedServer:
             self.process.kill()
         self.config.unlink(missing_ok=True)
         self.log.close()
+
+
+def pin_apart(server_pid: int, server_cpus: list[int]) -> list[int]:
+    """Pin the server to ``server_cpus`` and this process (and the clients it starts
+    afterwards, which inherit it) to the other CPUs; returns those."""
+    available = sorted(os.sched_getaffinity(0) | set(server_cpus))
+    rest = [cpu for cpu in available if cpu not in server_cpus]
+    if not rest:
+        raise ValueError("--server-cpus leaves no CPU for the bench itself")
+    os.sched_setaffinity(server_pid, server_cpus)
+    os.sched_setaffinity(0, rest)
+    return rest
 
 
 def process_tree_cpu(pid: int) -> tuple[float, float]:
@@ -382,9 +397,13 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
         raise ValueError("the token secret is needed (TELEBRIDGE_SECRET)")
     spawned: SpawnedServer | None = None
     url = options.url
+    own_cpus = os.sched_getaffinity(0)
+    client_cpus: list[int] | None = None
     if options.spawn:
         spawned = SpawnedServer(options.secret, options.mediarelay, options.record_dir)
         url = spawned.url
+        if options.server_cpus:
+            client_cpus = pin_apart(spawned.process.pid, options.server_cpus)
     assert url is not None
     started_at = datetime.datetime.now(datetime.UTC)
     room = f"{options.room}-{secrets.token_hex(3)}"
@@ -483,6 +502,7 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
             await presenter.stop()
         if spawned is not None:
             spawned.stop()
+        os.sched_setaffinity(0, own_cpus)
 
     results = [r for c in collected for r in c["results"]]
     clean = [r for r in results if not r["impaired"]]
@@ -506,6 +526,8 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
         "started_at": started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": options.command,
         "recording": options.record_dir is not None,
+        "server_cpus": options.server_cpus,
+        "client_cpus": client_cpus,
         "machine": {
             "cpus": os.cpu_count(),
             "cpu_model": _cpu_model(),

@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="subscribers for the baseline run (it melts early)",
     )
     bench.add_argument(
+        "--server-cpus",
+        type=_cpus,
+        help="with --spawn: pin the server to these CPUs (e.g. 0) and the bench to the rest",
+    )
+    bench.add_argument(
         "--stereo",
         action="store_true",
         help="the presenter sends the side-by-side 3D card (e.g. --size 1920x1080 --bitrate 6M)",
@@ -201,6 +206,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def _cpus(value: str) -> list[int]:
+    """``0`` or ``0,1`` or ``0-3``: CPU numbers for sched_setaffinity."""
+    cpus: set[int] = set()
+    try:
+        for part in value.split(","):
+            low, _, high = part.partition("-")
+            cpus.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a CPU list: {value!r}") from None
+    if not cpus or min(cpus) < 0:
+        raise argparse.ArgumentTypeError(f"not a CPU list: {value!r}")
+    return sorted(cpus)
+
+
 def _bitrate(value: str) -> int:
     units = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
     try:
@@ -260,6 +279,10 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error(f"--slo: unknown keys {sorted(slo)}")
     limit = args.max_subscribers if args.find_max else None
     options.stereo = args.stereo
+    if args.server_cpus:
+        if not args.spawn:
+            parser.error("--server-cpus needs --spawn")
+        options.server_cpus = args.server_cpus
     if args.record:
         if not args.spawn:
             parser.error("--record needs --spawn")
