@@ -288,15 +288,24 @@ class Room:
         self.record_state()
 
     def record_state(self) -> None:
-        """Tell the recording (if any) what the room looks like now."""
+        """Tell the recording (if any) what the room looks like now.
+
+        A recorder failure is logged and never reaches the participants.
+        """
         if self.recording is None:
             return
+        try:
+            self._record_state(self.recording)
+        except Exception:
+            logger.exception("room %s: the recording could not follow the room", self.id)
+
+    def _record_state(self, recording: RoomRecording) -> None:
         holder = self.members.get(self.floor or "")
         main: dict[str, str | None] = {
             kind: holder.producers.get(kind) if holder is not None else None
             for kind in ("video", "audio")
         }
-        self.recording.update(
+        recording.update(
             RoomState(
                 main=main,
                 codecs=self._codecs(),
