@@ -7,14 +7,17 @@ tests skip on a developer machine and fail in CI (``CI=true``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
-from playwright.async_api import BrowserContext, async_playwright
+from playwright.async_api import BrowserContext, Page, async_playwright
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -80,3 +83,17 @@ def write_y4m(
     header = f"YUV4MPEG2 W{width} H{height} F20:1 Ip A1:1 C420jpeg\n".encode()
     path.write_bytes(header + frame * frames)
     return path
+
+
+async def wait_js(
+    page: Page, script: str, predicate: Callable[[Any], Any] = bool, timeout: float = 20.0
+) -> Any:
+    """Evaluate ``script`` in ``page`` until ``predicate`` holds for its value (bounded)."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = await page.evaluate(script)
+        if predicate(value):
+            return value
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{script.strip()[:70]}... stayed {value!r}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import shutil
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from browser import chromium
+from browser import chromium, wait_js
 from yarl import URL
 
 from recorder.archive import add_archive_routes, generate_thumbnails
@@ -373,18 +372,6 @@ async def served(recordings: Path) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-async def poll(page: Any, script: str, timeout: float = 15.0) -> Any:
-    """The first truthy value of ``script`` in ``page``, polled until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = await page.evaluate(script)
-        if value:
-            return value
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{script} stayed {value!r}")
-
-
 async def test_the_archive_page_lists_and_plays_a_recording(
     tmp_path: Path, recordings: Path, served: str
 ) -> None:
@@ -394,32 +381,32 @@ async def test_the_archive_page_lists_and_plays_a_recording(
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
         await page.goto(f"{served}/archive?token={token('cardio')}")
-        assert await poll(page, "() => document.querySelectorAll('.card').length === 2")
+        assert await wait_js(page, "() => document.querySelectorAll('.card').length === 2")
         assert "token=" not in page.url  # kept in sessionStorage, not in the address bar
         thumbnail = page.locator(f'.card[data-id="{EARLY}"] img')
-        assert await poll(page, "() => document.querySelector('.card img')?.naturalWidth")
+        assert await wait_js(page, "() => document.querySelector('.card img')?.naturalWidth")
         assert await thumbnail.get_attribute("src")
 
         await page.click(f'.card[data-id="{EARLY}"]')
-        assert await poll(page, f"() => window.archive.manifest?.id === '{EARLY}'")
+        assert await wait_js(page, f"() => window.archive.manifest?.id === '{EARLY}'")
         assert await page.locator("#files a", has_text="Download").count() == 1
         # A mono recording has no stereo views, and no transport bar below the native controls.
         assert await page.is_hidden("#view-label") and await page.is_hidden("#transport")
         await page.evaluate("() => window.archive.video.play()")
-        assert await poll(page, "() => window.archive.video.currentTime > 1.0")
+        assert await wait_js(page, "() => window.archive.video.currentTime > 1.0")
 
         # The anaglyph view draws one eye's size onto its canvas.
         await page.evaluate(
             "() => window.archive.applyStereo(window.archive.video, 'sbs', 'anaglyph')"
         )
         await page.evaluate("() => { const v = window.archive.video; v.currentTime = 0.5; }")
-        assert await poll(page, "() => document.querySelector('#anaglyph').width === 160")
+        assert await wait_js(page, "() => document.querySelector('#anaglyph').width === 160")
         assert await page.is_visible("#anaglyph") and await page.is_visible("#transport")
         assert errors == []
 
         anonymous = await browser.new_page()
         await anonymous.goto(f"{served}/archive")
-        assert await poll(anonymous, "() => window.archive.status === 'error'")
+        assert await wait_js(anonymous, "() => window.archive.status === 'error'")
         assert await anonymous.is_visible("#error")
         assert "auth-required" in await anonymous.inner_text("#error")
         status = await anonymous.evaluate("() => fetch('/api/recordings').then(r => r.status)")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
-from typing import Any
 
-from browser import ARTIFACTS, chromium, write_y4m
+from browser import ARTIFACTS, chromium, wait_js, write_y4m
 from playwright.async_api import Page
 from signaling_client import running_server, token, wait_until
 
@@ -35,17 +33,6 @@ PIXEL_JS = """() => {
   g.drawImage(v, 0, 0);
   return Array.from(g.getImageData(v.videoWidth >> 1, v.videoHeight >> 1, 1, 1).data);
 }"""
-
-
-async def wait_js(page: Page, script: str, predicate: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = await page.evaluate(script)
-        if predicate(value):
-            return value
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"{script.strip()[:60]}... stayed {value!r}")
 
 
 async def plays(page: Page, timeout: float = 20.0) -> None:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
-from browser import ARTIFACTS, chromium
+from browser import ARTIFACTS, chromium, wait_js
 from playwright.async_api import Page
 from signaling_client import Client, ProtocolFailure, running_server, token
 
@@ -95,20 +93,11 @@ async def test_layout_reaches_viewers_late_joiners_and_the_recording(
     assert {f["stereo"] for f in manifest["files"]} == {"sbs"}
 
 
+LAYOUT_JS = "() => window.telebridge.stereo.layout"
 #: The centre of the eye markers, as fractions of one eye.
 MARK_X = (StereoPattern.marker[0] + StereoPattern.marker[2]) / 2
 MARK_Y = (StereoPattern.marker[1] + StereoPattern.marker[3]) / 2
-
-
-async def poll(page: Page, script: str, predicate: Any = bool, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = await page.evaluate(script)
-        if predicate(value):
-            return value
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"{script[:70]} stayed {value!r}")
+MARKER_JS = f"() => window.telebridge.stereo.pixel({MARK_X}, {MARK_Y})"
 
 
 def red(p: list[int]) -> bool:
@@ -151,12 +140,12 @@ async def test_chromium_viewers_see_2d_anaglyph_and_side_by_side(
                     pages[view] = await browser.new_page()
                     await pages[view].goto(link(view, f"AV room {view}"))
                 for page in pages.values():
-                    await poll(page, "() => window.telebridge.stereo.layout", lambda v: v == "sbs")
+                    await wait_js(page, LAYOUT_JS, lambda v: v == "sbs")
 
                 # 2D: only the left eye, at the frame's 16:9 aspect ratio.
                 two_d = pages["2d"]
-                await poll(two_d, "() => window.telebridge.stereo.frames", lambda n: n > 10)
-                await poll(two_d, f"() => window.telebridge.stereo.pixel({MARK_X}, {MARK_Y})", red)
+                await wait_js(two_d, "() => window.telebridge.stereo.frames", lambda n: n > 10)
+                await wait_js(two_d, MARKER_JS, red)
                 size = await two_d.evaluate(
                     "() => { const c = document.getElementById('main-stereo');"
                     " const r = c.getBoundingClientRect();"
@@ -167,9 +156,7 @@ async def test_chromium_viewers_see_2d_anaglyph_and_side_by_side(
 
                 # Anaglyph: red from the left eye's red marker, green from the right's green one.
                 anaglyph = pages["anaglyph"]
-                await poll(
-                    anaglyph, f"() => window.telebridge.stereo.pixel({MARK_X}, {MARK_Y})", yellow
-                )
+                await wait_js(anaglyph, MARKER_JS, yellow)
                 drawn = await anaglyph.evaluate("() => window.telebridge.stereo.frames")
                 await asyncio.sleep(1.0)
                 rate = await anaglyph.evaluate("() => window.telebridge.stereo.frames") - drawn
@@ -180,8 +167,8 @@ async def test_chromium_viewers_see_2d_anaglyph_and_side_by_side(
                 assert await sbs.evaluate("() => document.getElementById('main-stereo').hidden")
                 left = f"() => window.telebridge.stereo.pixel({MARK_X / 2}, {MARK_Y})"
                 right = f"() => window.telebridge.stereo.pixel({0.5 + MARK_X / 2}, {MARK_Y})"
-                await poll(sbs, left, red)
-                await poll(sbs, right, green)
+                await wait_js(sbs, left, red)
+                await wait_js(sbs, right, green)
 
                 ARTIFACTS.mkdir(exist_ok=True)
                 for view, page in pages.items():
@@ -191,12 +178,12 @@ async def test_chromium_viewers_see_2d_anaglyph_and_side_by_side(
                 # and a late joiner starts with the new one.
                 await presenter.request({"type": "set-stereo", "stereo": "tb"})
                 for page in pages.values():
-                    await poll(page, "() => window.telebridge.stereo.layout", lambda v: v == "tb")
+                    await wait_js(page, LAYOUT_JS, lambda v: v == "tb")
                 late = await browser.new_page()
                 await late.goto(link("2d", "Late clinic"))
-                await poll(late, "() => window.telebridge.stereo.layout", lambda v: v == "tb")
+                await wait_js(late, LAYOUT_JS, lambda v: v == "tb")
                 await presenter.request({"type": "set-stereo", "stereo": "sbs"})
-                await poll(late, "() => window.telebridge.stereo.layout", lambda v: v == "sbs")
+                await wait_js(late, LAYOUT_JS, lambda v: v == "sbs")
                 await asyncio.sleep(1.0)
         finally:
             await presenter.close()
@@ -214,13 +201,13 @@ async def test_chromium_viewers_see_2d_anaglyph_and_side_by_side(
         await page.click(f'.card[data-id="{manifest["id"]}"]', timeout=15000)
         assert await page.is_visible("#view-label")
         await page.evaluate("() => window.archive.video.play()")
-        await poll(page, "() => window.archive.video.currentTime", lambda t: t > 0.5)
+        await wait_js(page, "() => window.archive.video.currentTime", lambda t: t > 0.5)
         probe = f"() => window.archive.view.pixel({MARK_X}, {MARK_Y})"
         await page.select_option("#view", "2d")
-        await poll(page, probe, lambda p: p is not None and red(p))
+        await wait_js(page, probe, lambda p: p is not None and red(p))
         await page.select_option("#view", "anaglyph")
-        await poll(page, probe, lambda p: p is not None and yellow(p))
+        await wait_js(page, probe, lambda p: p is not None and yellow(p))
         await page.select_option("#view", "sbs")
         assert await page.evaluate("() => document.getElementById('anaglyph').hidden")
         both = f"() => window.archive.view.pixel({0.5 + MARK_X / 2}, {MARK_Y})"
-        await poll(page, both, lambda p: p is not None and green(p))
+        await wait_js(page, both, lambda p: p is not None and green(p))
