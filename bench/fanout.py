@@ -16,6 +16,14 @@ number of copies. Variants measured in the same run, for ratios:
 * ``aiortc_serialize``: per copy ``RtpPacket.parse`` + field changes +
   ``serialize`` + protect + sendto, the per-copy work of a forwarder built
   on aiortc's packet objects, for comparison.
+
+With ``batch_sizes`` (k), two more per k, both with one socket per
+subscriber as aiortc binds them, sending k packets to each subscriber per
+"event-loop tick": ``sendto_k<k>`` (protect + ``sendto`` each) and
+``sendmmsg_k<k>`` (protect each, then one ``sendmmsg(2)`` per subscriber
+through :class:`bench.sendmmsg.BatchSender`). ``sendmmsg`` batches datagrams
+of one socket only, so per tick it can batch one subscriber's packets, not
+one packet's copies to many subscribers.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -37,6 +46,7 @@ from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParam
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from pylibsrtp import Policy, Session
 
+from bench.sendmmsg import BatchSender
 from sfu.codecs import SUPPORTED
 from sfu.router import Consumer, Layout, Producer, Router, RouterConfig
 from sfu.rtp import URI_MID
@@ -181,7 +191,45 @@ def _run_floor(subscribers: int, ports: list[int], packets: list[bytes]) -> floa
     return time.thread_time() - start
 
 
-def run_microbench(subscribers: int, packets: int, repeats: int) -> MicrobenchResult:
+def _run_ticks(
+    subscribers: int, ports: list[int], packets: list[bytes], k: int, mmsg: bool
+) -> float:
+    """Per-copy µs of protect + send, one socket per subscriber, ``k`` packets per tick.
+
+    Per tick each subscriber's ``k`` packets are protected, then sent with
+    one ``sendto`` each or (``mmsg``) one ``sendmmsg`` for all ``k``.
+    """
+    socks = [_sending_socket() for _ in range(subscribers)]
+    targets = [
+        (
+            _session().protect,
+            sock.sendto,
+            BatchSender(sock, k),
+            ("127.0.0.1", ports[i % len(ports)]),
+        )
+        for i, sock in enumerate(socks)
+    ]
+    ticks = [packets[j : j + k] for j in range(0, len(packets) - k + 1, k)]
+    start = time.thread_time()
+    for tick in ticks:
+        for protect, sendto, batch, addr in targets:
+            protected = [protect(data) for data in tick]
+            if mmsg:
+                batch.send(protected, addr)
+                continue
+            for data in protected:
+                with contextlib.suppress(BlockingIOError):
+                    sendto(data, addr)
+        time.sleep(0)
+    elapsed = time.thread_time() - start
+    for sock in socks:
+        sock.close()
+    return elapsed / (len(ticks) * k * subscribers) * 1e6
+
+
+def run_microbench(
+    subscribers: int, packets: int, repeats: int, batch_sizes: Sequence[int] = ()
+) -> MicrobenchResult:
     """Measure each variant ``repeats`` times, interleaved; report medians."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -207,6 +255,11 @@ def run_microbench(subscribers: int, packets: int, repeats: int) -> MicrobenchRe
             samples["aiortc_serialize"].append(
                 _run_aiortc(subscribers, ports, stream) / copies * 1e6
             )
+            for k in batch_sizes:
+                for mmsg in (False, True):
+                    name = f"{'sendmmsg' if mmsg else 'sendto'}_k{k}"
+                    sample = _run_ticks(subscribers, ports, stream, k, mmsg)
+                    samples.setdefault(name, []).append(sample)
     finally:
         stop.set()
         drain.join(timeout=5)
@@ -221,8 +274,14 @@ def run_microbench(subscribers: int, packets: int, repeats: int) -> MicrobenchRe
     )
 
 
-def main(subscribers: int, packets: int, repeats: int, json_path: str | None) -> int:
-    result = run_microbench(subscribers, packets, repeats)
+def main(
+    subscribers: int,
+    packets: int,
+    repeats: int,
+    json_path: str | None,
+    batch_sizes: Sequence[int] = (),
+) -> int:
+    result = run_microbench(subscribers, packets, repeats, batch_sizes)
     for name, value in result.us_per_copy.items():
         low, high = result.spread[name]
         print(f"{name:>18}: {value:6.2f} us per copy (min {low:.2f}, max {high:.2f})")
@@ -234,6 +293,9 @@ def main(subscribers: int, packets: int, repeats: int, json_path: str | None) ->
         f"full path = {full / floor:.2f}x the bare protect+sendto floor; "
         f"aiortc-style per-copy serialize costs {ratio:.2f}x the full path"
     )
+    for k in batch_sizes:
+        mmsg, each = result.us_per_copy[f"sendmmsg_k{k}"], result.us_per_copy[f"sendto_k{k}"]
+        print(f"k={k} packets per subscriber per tick: sendmmsg costs {mmsg / each:.2f}x sendto")
     if json_path:
         with open(json_path, "w") as f:
             json.dump(asdict(result), f, indent=2)

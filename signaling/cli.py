@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     micro.add_argument("--packets", type=int, default=1000, help="packets fanned out per run")
     micro.add_argument("--repeats", type=int, default=5, help="runs per variant (median kept)")
     micro.add_argument("--json", help="write the result as JSON to this file")
+    micro.add_argument(
+        "--batch",
+        type=lambda v: [int(k) for k in v.split(",")],
+        default=[],
+        help="also compare sendto with sendmmsg at k packets per subscriber per tick: 1,2,4,8",
+    )
     return parser
 
 
@@ -202,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if min(args.subscribers, args.packets, args.repeats) < 1:
             parser.error("--subscribers, --packets and --repeats must be positive")
-        return microbench(args.subscribers, args.packets, args.repeats, args.json)
+        return microbench(args.subscribers, args.packets, args.repeats, args.json, args.batch)
     return 2
 
 

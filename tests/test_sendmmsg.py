@@ -1,4 +1,4 @@
-"""sfu.sendmmsg: batches arrive intact and in order, drops and errors are counted.
+"""bench.sendmmsg: batches arrive intact and in order, drops and errors are counted.
 
 Every test runs twice: through ``sendmmsg(2)`` (where the platform has it)
 and through the per-datagram ``sendto`` fallback.
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from sfu import sendmmsg
-from sfu.sendmmsg import BatchSender
+from bench import sendmmsg
+from bench.sendmmsg import BatchSender
 
 MODES = [pytest.param(True, id="sendmmsg"), pytest.param(False, id="sendto")]
 
