@@ -56,7 +56,7 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "DEFAULT_MAX_PENDING",
@@ -465,3 +465,29 @@ class ImpairedPath:
                 self._loop.call_exception_handler({"message": message, "exception": exc})
         if queue and self._timers[direction] is None and not self._closed:
             self._arm(direction)
+
+
+def impair_ice_connection(connection: Any, path: ImpairedPath) -> dict[int, Any]:
+    """Put every datagram of an aioice ``Connection``, both ways, behind ``path``.
+
+    Each of its STUN protocols' ``datagram_received`` (down) and its
+    transport's ``sendto`` (up) is shadowed by an instance attribute that
+    goes through the emulated link. Returns the original receive callbacks
+    by ``id(protocol)``, for a reader that bypasses asyncio's.
+    """
+    originals: dict[int, Any] = {}
+    for protocol in connection._protocols:
+        receive = protocol.datagram_received
+        originals[id(protocol)] = receive
+        transport = protocol.transport
+        send = transport.sendto
+
+        def impaired_receive(data: bytes, addr: Any, receive: Any = receive) -> None:
+            path.deliver_later(receive, data, "down", addr)
+
+        def impaired_send(data: bytes, addr: Any = None, send: Any = send) -> None:
+            path.deliver_later(send, data, "up", addr)
+
+        setattr(protocol, "datagram_received", impaired_receive)  # noqa: B010
+        setattr(transport, "sendto", impaired_send)  # noqa: B010
+    return originals

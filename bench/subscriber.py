@@ -42,7 +42,7 @@ import numpy as np
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
 
-from bench.impair import ImpairedPath, Impairment
+from bench.impair import ImpairedPath, Impairment, impair_ice_connection
 from sfu import rtcp
 from sfu.codecs import codec_info
 from sfu.nack import NackTracker
@@ -350,22 +350,7 @@ class LeanSubscriber:
         assert self.pc is not None and self.impairment is not None
         connection = self.pc.getTransceivers()[0].receiver.transport.transport._connection
         self.path = ImpairedPath(self.impairment, seed=self.seed)
-        path = self.path
-        for protocol in connection._protocols:
-            receive = protocol.datagram_received
-            self._stun_receive[id(protocol)] = receive
-            transport = protocol.transport
-            send = transport.sendto
-
-            def impaired_receive(data: bytes, addr: Any, receive: Any = receive) -> None:
-                path.deliver_later(receive, data, "down", addr)
-
-            def impaired_send(data: bytes, addr: Any = None, send: Any = send) -> None:
-                path.deliver_later(send, data, "up", addr)
-
-            # Instance attributes shadow aioice's and asyncio's methods.
-            setattr(protocol, "datagram_received", impaired_receive)  # noqa: B010
-            setattr(transport, "sendto", impaired_send)  # noqa: B010
+        self._stun_receive.update(impair_ice_connection(connection, self.path))
 
     def on_delayed_datagram(self, data: bytes) -> None:
         """A datagram coming out of the emulated link."""

@@ -26,7 +26,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from signaling_client import SECRET, Client, ProtocolFailure, running_server, token
 
 from bench.clients import publish
-from bench.impair import ImpairedPath, parse_impairment
+from bench.impair import ImpairedPath, impair_ice_connection, parse_impairment
 from recorder.manifest import read_manifest, recover, sha256
 from recorder.recording import RoomRecording, RoomState
 from sfu.server import Sfu, TrackInfo
@@ -431,19 +431,7 @@ async def test_kill_9_leaves_a_playable_file_and_restart_recovers_it(
 def _impair_publisher(pc: Any, spec: str) -> ImpairedPath:
     """Put a publishing aiortc peer's every datagram, both ways, behind an emulated link."""
     path = ImpairedPath(parse_impairment(f"1:{spec}")[1], seed=7)
-    connection = pc.getTransceivers()[0].sender.transport.transport._connection
-    for protocol in connection._protocols:
-        receive, transport = protocol.datagram_received, protocol.transport
-        send = transport.sendto
-
-        def impaired_receive(data: bytes, addr: Any, receive: Any = receive) -> None:
-            path.deliver_later(receive, data, "down", addr)
-
-        def impaired_send(data: bytes, addr: Any = None, send: Any = send) -> None:
-            path.deliver_later(send, data, "up", addr)
-
-        setattr(protocol, "datagram_received", impaired_receive)  # noqa: B010
-        setattr(transport, "sendto", impaired_send)  # noqa: B010
+    impair_ice_connection(pc.getTransceivers()[0].sender.transport.transport._connection, path)
     return path
 
 
