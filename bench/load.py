@@ -280,7 +280,10 @@ async def _client_main(url: str, plans: list[SubscriberPlan], pipe: Connection) 
     drain = Drain()
     subscribers: list[LeanSubscriber] = []
     window = {"start": 0.0, "cpu": 0.0, "packets": 0}
-    async with aiohttp.ClientSession() as http:
+    # Every subscriber holds its signaling WebSocket open: no pool limit (aiohttp's
+    # default of 100 connections per session silently capped a client process at
+    # 100 subscribers; the others waited for a free connection forever).
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         started = time.monotonic()
 
         async def ramp() -> None:

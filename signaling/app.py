@@ -44,13 +44,19 @@ class Server:
         signaling = config.signaling
         self.node_id = signaling.node_id or f"{socket.gethostname()}:{signaling.port}"
         self._tasks: list[asyncio.Task[None]] = []
+        #: Recent event-loop lag in seconds (a decaying maximum), see :meth:`busy`.
+        self.loop_lag = 0.0
 
     async def start(self) -> None:
         await self.store.start()
         await self.sfu.start()
         await self.recorder.start()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._speakers()), loop.create_task(self._presence())]
+        self._tasks = [
+            loop.create_task(self._speakers()),
+            loop.create_task(self._presence()),
+            loop.create_task(self._watch_lag()),
+        ]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -106,6 +112,33 @@ class Server:
         await self.set_recording(room, False)
         await room.end()
         self.rooms.pop(room.id, None)
+
+    def busy(self) -> str | None:
+        """Why a new receiving member would be refused now, or None.
+
+        Forwarding runs on this one event loop: once it lags, every packet to
+        every subscriber is late, so newcomers are turned away (they retry with
+        backoff) instead of degrading everyone already watching.
+        """
+        signaling = self.config.signaling
+        if signaling.max_receivers and self.receivers() >= signaling.max_receivers:
+            return f"this server holds its maximum of {signaling.max_receivers} receivers"
+        if signaling.overload_lag_ms and self.loop_lag * 1000 > signaling.overload_lag_ms:
+            return f"this server is overloaded (event loop {self.loop_lag * 1000:.0f} ms late)"
+        return None
+
+    def receivers(self) -> int:
+        """Members of this node's rooms that receive media."""
+        return sum(m.receive for room in self.rooms.values() for m in room.members.values())
+
+    async def _watch_lag(self, interval: float = 0.1) -> None:
+        """Measure how late the event loop runs timers (decaying maximum, ~2 s memory)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(interval)
+            lag = max(0.0, loop.time() - start - interval)
+            self.loop_lag = max(lag, self.loop_lag * 0.9)
 
     async def _speakers(self) -> None:
         """Announce each room's active speaker (RFC 6464 levels), a few times a second."""

@@ -28,6 +28,12 @@ class SignalingConfig:
     max_rooms: int = 100
     #: Participants per room (all roles).
     max_participants: int = 1000
+    #: Receiving members this node accepts, all rooms together (0: no limit).
+    #: Set it from ``telebridge bench --find-max`` for the feed's bitrate.
+    max_receivers: int = 0
+    #: New receivers are refused while the event loop lags this much (ms; 0: never):
+    #: an overloaded node sheds newcomers rather than degrade everyone.
+    overload_lag_ms: float = 250.0
     #: Messages per second per connection (token bucket refill) and burst size.
     rate_limit: float = 20.0
     rate_burst: int = 40

@@ -35,6 +35,7 @@ FATAL = {
     "wrong-room",
     "room-full",
     "too-many-rooms",
+    "server-busy",
     "unsupported-protocol",
 }
 
@@ -235,6 +236,8 @@ class Session:
         receive = message.get("receive", True)
         if not isinstance(receive, bool):
             raise ProtocolError("invalid-message", "field 'receive' must be a boolean")
+        if receive and (busy := self.server.busy()):
+            raise ProtocolError("server-busy", f"{busy}: try again later or another node")
         room = await self.server.room_for_join(grant.room)
         previous = room.find_by_subject(grant.subject)
         if len(room.members) - (previous is not None) >= self.config.max_participants:

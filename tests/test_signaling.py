@@ -301,6 +301,41 @@ async def test_limits_on_rooms_and_participants(http: aiohttp.ClientSession) -> 
                 await client.close()
 
 
+async def test_an_overloaded_node_turns_new_receivers_away(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Load shedding at the door: a receiver cap, and event-loop lag; publishers still get in."""
+    config = Config()
+    config.signaling.max_receivers = 2
+    async with running_server(config) as (base, srv):
+        clients = [Client(base, http) for _ in range(5)]
+        first, second, third, presenter, late = clients
+        try:
+            await first.join(token("a", "viewer", "one", subject="one"))
+            await second.join(token("b", "viewer", "two", subject="two"))
+            with pytest.raises(ProtocolFailure) as failure:
+                await third.join(token("a", "viewer", "three", subject="three"))
+            assert failure.value.code == "server-busy"
+            assert await wait_until(lambda: third.closed.is_set(), 3)
+            # A presenter receives nothing: it is never turned away.
+            await presenter.join(token("a", "presenter"), receive=False)
+
+            await second.close()
+            assert await wait_until(lambda: srv.receivers() == 1, 5)
+            srv.loop_lag = 1.0  # as measured by the lag watcher when forwarding falls behind
+            with pytest.raises(ProtocolFailure) as failure:
+                await late.join(token("a", "viewer", "late", subject="late"))
+            assert failure.value.code == "server-busy" and "overloaded" in str(failure.value)
+            # The watcher's decaying maximum forgets the spike within a few seconds.
+            assert await wait_until(lambda: srv.busy() is None, 6)
+            late = Client(base, http)
+            clients.append(late)
+            await late.join(token("a", "viewer", "late", subject="late"))
+        finally:
+            for client in clients:
+                await client.close()
+
+
 async def test_admin_api_health_and_metrics(
     server: tuple[str, Server], http: aiohttp.ClientSession
 ) -> None:
