@@ -76,7 +76,9 @@ class Server:
             room = Room(room_id, self.sfu, self.store, self.node_id)
             self.rooms[room_id] = room
             if self.recorder.records_automatically(room_id):
-                await self.set_recording(room, True)
+                # A recorder that cannot start (disk) is logged; the room opens anyway.
+                with contextlib.suppress(ProtocolError):
+                    await self.set_recording(room, True)
         return room
 
     async def drop_room_if_empty(self, room: Room) -> None:

@@ -461,3 +461,18 @@ async def test_a_lossy_uplink_is_recorded_without_corrupt_frames(sfu: Sfu, tmp_p
     assert entry["tracks"][0]["frames"] == decoded
     print("lossy uplink:", lost_up, "packets lost,", decoded, "of", sent, "frames recorded")
     assert decoded >= 0.9 * sent, (decoded, sent, producer)
+
+
+async def test_a_recorder_that_cannot_start_does_not_keep_anyone_out(
+    http: aiohttp.ClientSession,
+) -> None:
+    config = Config()
+    config.recorder.directory = "/dev/null/recordings"  # cannot be created
+    config.recorder.auto_record = ["*"]
+    async with running_server(config) as (base, _server):
+        viewer = Client(base, http)
+        try:
+            joined = await viewer.join(token("ward", "viewer"))
+            assert joined["room"]["recording"] is False
+        finally:
+            await viewer.close()
