@@ -77,6 +77,10 @@ class Member:
     publish_count: int = 0
     #: The stereo layout of the member's video (metadata only: pixels travel untouched).
     stereo: str = "mono"
+    #: Round trip of the member's own link as its client measures it (ms, rounded
+    #: to 100 ms; None until reported). Viewers of a far publisher size their
+    #: playout delay from it before the first late frame.
+    rtt_ms: int | None = None
 
     @property
     def publishing(self) -> bool:
@@ -116,6 +120,7 @@ class Room:
             "hand": member.hand,
             "publishing": member.publishing,
             "stereo": member.stereo,
+            "rtt_ms": member.rtt_ms,
             "floor": member.id == self.floor,
         }
 
@@ -236,6 +241,16 @@ class Room:
         await self.updated(member)
         if sync:
             await self.sync_all()
+
+    async def set_link(self, member: Member, rtt_ms: int) -> None:
+        """A member's client measured its link: kept, and announced when it could
+        matter to others (a member who may publish) and moved to another 100 ms step."""
+        rounded = round(rtt_ms, -2)
+        if rounded == member.rtt_ms:
+            return
+        member.rtt_ms = rounded
+        if member.role != "viewer":
+            await self.updated(member)
 
     async def set_stereo(self, member: Member, layout: str) -> None:
         """A publisher's picture changed layout (mid-session): everyone is told."""

@@ -100,6 +100,7 @@ class Session:
             "publish": self.on_publish,
             "unpublish": self.on_unpublish,
             "set-stereo": self.on_set_stereo,
+            "link": self.on_link,
             "answer": self.on_answer,
             "ice": self.on_ice,
             "raise-hand": self.on_raise_hand,
@@ -278,6 +279,15 @@ class Session:
         stereo = _stereo(message) if "stereo" in message else "mono"
         answer, tracks = await room.publish(member, _field(message, "sdp", str), stereo)
         return {"type": "published", "sdp": answer, "tracks": tracks}
+
+    async def on_link(self, message: dict[str, Any]) -> None:
+        """The client's own link round trip (no reply): see ``Member.rtt_ms``."""
+        room, member = self.joined()
+        rtt_ms = _field(message, "rtt_ms", (int, float))
+        if not 0 <= rtt_ms <= 60_000:
+            raise ProtocolError("invalid-message", "rtt_ms must be between 0 and 60000")
+        await room.set_link(member, int(rtt_ms))
+        return None
 
     async def on_set_stereo(self, message: dict[str, Any]) -> dict[str, Any]:
         room, member = self.joined()

@@ -498,3 +498,34 @@ async def test_unpublish_trickle_ice_ping_and_leave(
     finally:
         await presenter.close()
         await viewer.close()
+
+
+async def test_members_report_their_link_and_far_publishers_are_announced(
+    server: tuple[str, Server], http: aiohttp.ClientSession
+) -> None:
+    base, srv = server
+    island, viewer = Client(base, http), Client(base, http)
+    try:
+        await island.join(token("far", "participant", "Island"))
+        await viewer.join(token("far", "viewer", "Clinic"))
+        with pytest.raises(ProtocolFailure) as bad:
+            await island.request({"type": "link", "rtt_ms": -5})
+        assert bad.value.code == "invalid-message"
+        await island.send({"type": "link", "rtt_ms": 612})
+        update = await viewer.expect("participant-updated")
+        assert update["participant"]["id"] == island.self_id
+        assert update["participant"]["rtt_ms"] == 600  # rounded to 100 ms
+        # A viewer's own link matters to nobody else: kept, not announced.
+        await viewer.send({"type": "link", "rtt_ms": 40})
+        assert await wait_until(
+            lambda: srv.rooms["far"].members[viewer.self_id or ""].rtt_ms == 0, 5
+        )
+        about_viewer = [
+            m
+            for m in island.inbox
+            if m.get("type") == "participant-updated" and m["participant"]["id"] == viewer.self_id
+        ]
+        assert not about_viewer
+    finally:
+        for client in (island, viewer):
+            await client.close()

@@ -99,13 +99,15 @@ export const PLAYOUT_RULE = Object.freeze({
 /**
  * Next playout-delay state of one received video track.
  * previous: {targetMs: ms|null, holdUntil: ms, frozeAt: ms|null} (or null at first)
- * sample: {now: ms, rtt: s|null, jitter: s|null, and since the previous
+ * sample: {now: ms, rtt: s|null, jitter: s|null, sourceRtt: s|null (the
+ *          publisher's own link, as it reported it), and since the previous
  *          sample: lost, nacks (sent), retransmitted (received) packets,
  *          freezes (count), frozen (s, their total duration)}
  * Returns the next state; targetMs null means the browser's default.
  */
 export function choosePlayoutDelay(previous, sample, rule = PLAYOUT_RULE) {
   const { now, rtt, jitter, lost, nacks, retransmitted, freezes = 0, frozen = 0 } = sample;
+  const sourceRttMs = sample.sourceRtt != null ? sample.sourceRtt * 1000 : 0;
   const lastFreeze = previous ? previous.frozeAt : null;
   const frozeAt = freezes > 0 ? now : lastFreeze;
   const rttMs = rtt != null ? rtt * 1000 : rule.unknownRttMs;
@@ -116,6 +118,12 @@ export function choosePlayoutDelay(previous, sample, rule = PLAYOUT_RULE) {
   let holdUntil = previous ? previous.holdUntil : -Infinity;
   if ((presumed || lost > 0 || nacks > 0 || retransmitted > 0) && rttMs >= rule.minRttMs) {
     needMs = rttMs + Math.max(rule.marginMs, 4 * (jitter ?? 0) * 1000);
+    holdUntil = Math.max(holdUntil, now + rule.holdMs);
+  }
+  // A publisher on a far link: the SFU gets repairs of its losses one of its
+  // round trips late, so every viewer needs that much more, from the first frame.
+  if (sourceRttMs >= rule.minRttMs) {
+    needMs = Math.max(needMs ?? 0, sourceRttMs + rule.marginMs);
     holdUntil = Math.max(holdUntil, now + rule.holdMs);
   }
   if (freezes > 0 && lastFreeze != null && now - lastFreeze < rule.holdMs) {
@@ -276,6 +284,7 @@ export class TelebridgeSession extends EventTarget {
     this.pingSentAt = null;
     this.prevStats = null;
     this.playout = new Map(); // video mid -> choosePlayoutDelay state and counters
+    this.reportedRttMs = null; // our link RTT as last sent in `link`
 
     this.onOnline = () => {
       // The network came back: do not wait for the rest of the backoff.
@@ -642,6 +651,7 @@ export class TelebridgeSession extends EventTarget {
     clearTimeout(this.timers.join);
     this.joinedAt = Date.now();
     this.joins += 1;
+    this.reportedRttMs = null; // a new session on the server: report the link again
     this.self = message.self ? { ...message.self } : null;
     this.floor = message.floor ?? null;
     this.recording = !!(message.room && message.room.recording);
@@ -1056,6 +1066,7 @@ export class TelebridgeSession extends EventTarget {
       }
     });
     if (rtt == null) rtt = pairFallback;
+    this.reportLink(rtt);
     const { delay, recovered } = this.tunePlayout(pc, videoInbound, rtt);
     // Video jitter is bursty by nature (a frame is many packets); audio's tells
     // how even the link is. Fall back to video when there is no audio.
@@ -1106,7 +1117,8 @@ export class TelebridgeSession extends EventTarget {
       for (const [key, value] of Object.entries(counts)) {
         delta[key] = prev ? Math.max(0, value - prev.counts[key]) : value;
       }
-      const next = choosePlayoutDelay(prev, { now, rtt, jitter: s.jitter ?? null, ...delta });
+      const sourceRtt = this.sourceRtt(mid);
+      const next = choosePlayoutDelay(prev, { now, rtt, jitter: s.jitter ?? null, sourceRtt, ...delta });
       if (receiver.jitterBufferTarget !== next.targetMs) receiver.jitterBufferTarget = next.targetMs;
       states.set(mid, { ...next, counts });
       if (next.targetMs != null) delayMs = Math.max(delayMs ?? 0, next.targetMs);
@@ -1118,6 +1130,23 @@ export class TelebridgeSession extends EventTarget {
       delay: delayMs == null ? null : delayMs / 1000,
       recovered: lost > 0 ? Math.min(1, retransmitted / lost) : null,
     };
+  }
+
+  /** The reported link RTT (s) of the publisher a received track (by mid) carries now. */
+  sourceRtt(mid) {
+    const track = this.offerTracks.find((t) => String(t.mid) === mid);
+    if (!track) return null;
+    const participant = this.participantsById.get(track.slot === "main" ? this.mainFeed : track.participant);
+    return participant && participant.rtt_ms != null ? participant.rtt_ms / 1000 : null;
+  }
+
+  /** Tell the server our link's round trip when it moved by 100 ms (see PROTOCOL.md, `link`). */
+  reportLink(rtt) {
+    if (rtt == null || this.state !== "joined") return;
+    const ms = Math.round(rtt * 1000);
+    if (this.reportedRttMs != null && Math.abs(ms - this.reportedRttMs) < 100) return;
+    this.reportedRttMs = ms;
+    this.send({ type: "link", rtt_ms: ms });
   }
 
   setQuality(quality) {
