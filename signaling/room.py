@@ -1,7 +1,8 @@
 """Rooms and their members: roles, the floor, the main feed, and who receives what.
 
 A room's *main feed* is the media of the member holding the floor (the
-presenter by default, or a participant a moderator granted it to). Every
+presenter by default, or a participant a moderator granted it to), once it
+publishes: until then the previous main feed stays on (:meth:`Room.on_air`). Every
 receiving member has two ``main`` tracks (video, audio) that always carry
 the main feed and switch source at a keyframe when the floor changes, with
 no renegotiation; plus one ``participant`` track per medium of every other
@@ -275,25 +276,39 @@ class Room:
 
         Returns ``({kind: producer or None}, [(publisher member id, producer id)])``.
         """
-        holder = self.members.get(self.floor or "")
+        on_air = self.on_air()
         main: dict[str, str | None] = {"video": None, "audio": None}
-        if holder is not None and holder is not member:
+        if on_air is not None and on_air is not member:
             for kind in main:
-                main[kind] = holder.producers.get(kind)
+                main[kind] = on_air.producers.get(kind)
         thumbs = [
             (other.id, producer)
             for other in self.members.values()
-            if other is not member and other.id != self.floor
+            if other is not member and other is not on_air
             for producer in other.producers.values()
         ]
         return main, thumbs
 
+    def on_air(self) -> Member | None:
+        """Whose media the main feed carries.
+
+        The floor holder once it publishes. Until then (a participant just
+        granted the floor starting its camera, perhaps over a satellite link)
+        the previous main feed stays on, so viewers never look at nothing; the
+        switch then happens at the new holder's first keyframe.
+        """
+        holder = self.members.get(self.floor or "")
+        if holder is None:
+            return None
+        if holder.publishing:
+            return holder
+        previous = self.members.get(self.main_feed or "")
+        return previous if previous is not None and previous.publishing else None
+
     async def sync_all(self) -> None:
         """Bring every receiving member's subscriptions up to date."""
-        main_source = None
-        holder = self.members.get(self.floor or "")
-        if holder is not None and holder.publishing:
-            main_source = holder.id
+        on_air = self.on_air()
+        main_source = on_air.id if on_air is not None else None
         for member in list(self.members.values()):
             if member.receive:
                 await self.sync(member)
@@ -315,7 +330,7 @@ class Room:
             logger.exception("room %s: the recording could not follow the room", self.id)
 
     def _record_state(self, recording: RoomRecording) -> None:
-        holder = self.members.get(self.floor or "")
+        holder = self.on_air()
         main: dict[str, str | None] = {
             kind: holder.producers.get(kind) if holder is not None else None
             for kind in ("video", "audio")

@@ -1132,12 +1132,21 @@ export class TelebridgeSession extends EventTarget {
     };
   }
 
-  /** The reported link RTT (s) of the publisher a received track (by mid) carries now. */
+  /**
+   * The reported link RTT (s) of the publisher a received track (by mid) carries.
+   * For the main tracks also the floor holder's: a far participant just granted
+   * the floor is prepared for while the previous feed is still on, so the jump
+   * in playout delay does not fall on its first seconds.
+   */
   sourceRtt(mid) {
     const track = this.offerTracks.find((t) => String(t.mid) === mid);
     if (!track) return null;
-    const participant = this.participantsById.get(track.slot === "main" ? this.mainFeed : track.participant);
-    return participant && participant.rtt_ms != null ? participant.rtt_ms / 1000 : null;
+    const ids = track.slot === "main" ? [this.mainFeed, this.floor] : [track.participant];
+    const rtts = ids
+      .map((id) => this.participantsById.get(id))
+      .filter((p) => p && p.rtt_ms != null)
+      .map((p) => p.rtt_ms / 1000);
+    return rtts.length ? Math.max(...rtts) : null;
   }
 
   /** Tell the server our link's round trip when it moved by 100 ms (see PROTOCOL.md, `link`). */
