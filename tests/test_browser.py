@@ -122,6 +122,7 @@ async def test_kiosk_viewers_play_follow_the_floor_and_rejoin(tmp_path: Path) ->
             archive = await browser.new_page()
             await archive.goto(f"{base}/archive?token={token(room, 'moderator', 'Moderator')}")
             await archive.click(f'.card[data-id="{manifest["id"]}"]', timeout=15000)
+            await wait_js(archive, f"() => window.archive.manifest?.id === '{manifest['id']}'")
             await archive.evaluate("() => window.archive.video.play()")
             await wait_js(archive, "() => window.archive.video.currentTime", lambda t: t > 1.0)
             await archive.close()

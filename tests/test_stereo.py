@@ -199,6 +199,8 @@ async def test_chromium_viewers_see_2d_anaglyph_and_side_by_side(
         page = await browser.new_page()
         await page.goto(f"{base}/archive?token={token('3d', 'viewer', 'Resident')}")
         await page.click(f'.card[data-id="{manifest["id"]}"]', timeout=15000)
+        selected = f"() => window.archive.manifest?.id === '{manifest['id']}'"
+        await wait_js(page, selected)
         assert await page.is_visible("#view-label")
         await page.evaluate("() => window.archive.video.play()")
         await wait_js(page, "() => window.archive.video.currentTime", lambda t: t > 0.5)
