@@ -31,7 +31,6 @@ import logging
 import os
 import select
 import socket
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,7 +58,6 @@ FREEZE_S = 0.2
 #: How far behind the highest sequence number a late packet is still counted.
 HOLE_WINDOW = 2048
 _TICKS_TO_BINS = 1 / ((1 << 18) * LATENCY_BIN_S)
-_U32 = struct.Struct("!I")
 #: At most this many datagrams per socket in one batch (a busy socket waits for the next).
 MAX_ROUNDS = 256
 #: How often NACK retries are due and receiver reports (every second) are checked.
@@ -402,17 +400,7 @@ class LeanSubscriber:
         stats.packets += 1
         size = len(data)
         stats.bytes += size
-        # ReceptionStats.on_packet, inlined (a call costs a tenth of the fast
-        # path); tests/test_bench.py checks that both paths agree.
-        rec = state.reception
-        rec.highest = ext
-        rec.received += 1
-        transit = now * rec.clock_rate - timestamp
-        if rec._transit is not None:
-            d = abs(transit - rec._transit)
-            if d < rec.clock_rate * 10:
-                rec.jitter += (d - rec.jitter) / 16
-        rec._transit = transit
+        state.reception.on_packet(ext, timestamp, now)
         if not state.video:
             return
         if b1 & 0x80:
@@ -421,13 +409,7 @@ class LeanSubscriber:
         # the same extension bytes before it; the general path finds it otherwise.
         pos = state.abs_send_time_pos
         if pos and b0 == 0x90 and size >= pos + 3 and data[12:pos] == state.abs_send_time_prefix:
-            # _latency, inlined; the element's header byte, then the value.
-            sent = _U32.unpack_from(data, pos - 1)[0] & 0xFFFFFF
-            if now24 is None:
-                now24 = abs_send_time(now)
-            delta = (now24 - sent) & 0xFFFFFF
-            index = 0 if delta >= 1 << 23 else int(delta * _TICKS_TO_BINS)
-            stats.latency[index if index < LATENCY_BINS else LATENCY_BINS - 1] += 1
+            self._latency(pos, data, now, now24)
         elif state.abs_send_time_id:
             self._latency(state.abs_send_time_at(data), data, now, now24)
 
