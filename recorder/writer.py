@@ -37,8 +37,9 @@ _MUXER_OPTIONS = {
     "max_interleave_delta": "500000",
 }
 
-#: FFmpeg encoder names PyAV needs to create a stream of each codec.
-_STREAM_CODECS = {"vp8": "libvpx", "h264": "libx264", "opus": "libopus"}
+#: FFmpeg encoder names PyAV needs for a stream with a codec context (VP8 needs
+#: none: it is a bare mux stream, see ``MediaWriter._add_stream``).
+_STREAM_CODECS = {"h264": "libx264", "opus": "libopus"}
 
 
 def opus_head(channels: int = 2, pre_skip: int = 312, sample_rate: int = 48000) -> bytes:

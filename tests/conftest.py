@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 
 from sfu.router import RouterConfig
 from sfu.server import Sfu, SfuConfig
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """One HTTP/WebSocket client session for a test."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 @pytest.fixture

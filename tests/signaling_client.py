@@ -23,19 +23,33 @@ SECRET = "test-secret-of-at-least-thirty-two-bytes!"
 
 
 @contextlib.asynccontextmanager
-async def running_server(config: Config) -> AsyncIterator[tuple[str, Server]]:
-    """Serve ``create_app(config)`` on 127.0.0.1 (a free port); yields (base URL, server)."""
-    config.signaling.secret = SECRET
-    app = create_app(config)
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """Serve ``app`` on 127.0.0.1 (a free port); yields its base URL."""
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield f"http://127.0.0.1:{port}", app[SERVER]
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def running_server(config: Config) -> AsyncIterator[tuple[str, Server]]:
+    """Serve ``create_app(config)`` on 127.0.0.1 (a free port); yields (base URL, server)."""
+    config.signaling.secret = SECRET
+    app = create_app(config)
+    async with serving(app) as base:
+        yield base, app[SERVER]
+
+
+def room_link(base: str, room: str, role: str, name: str, **query: str) -> str:
+    """A kiosk deep link to the room page (joins by itself), as ops hand them out."""
+    jwt = token(room, role, name, subject=name)
+    extra = "".join(f"&{key}={value}" for key, value in query.items())
+    return f"{base}/room/{room}?token={jwt}&autojoin=1{extra}"
 
 
 def token(room: str, role: str, name: str | None = None, ttl: float = 600, **kw: Any) -> str:

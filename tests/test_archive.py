@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from browser import chromium, wait_js
+from signaling_client import serving
 from yarl import URL
 
 from recorder.archive import add_archive_routes, generate_thumbnails
@@ -361,15 +362,8 @@ async def served(recordings: Path) -> AsyncIterator[str]:
     """Only the archive's routes, on a loopback port; yields the base URL."""
     app = web.Application()
     add_archive_routes(app, recordings, SECRET)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield base
 
 
 async def test_the_archive_page_lists_and_plays_a_recording(

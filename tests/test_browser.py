@@ -7,7 +7,7 @@ from pathlib import Path
 
 from browser import ARTIFACTS, chromium, wait_js, write_y4m
 from playwright.async_api import Page
-from signaling_client import running_server, token, wait_until
+from signaling_client import room_link, running_server, token, wait_until
 
 from recorder.manifest import read_manifest
 from signaling.config import Config
@@ -49,7 +49,7 @@ async def test_kiosk_viewers_play_follow_the_floor_and_rejoin(tmp_path: Path) ->
         room = "consult"
 
         def link(role: str, name: str) -> str:
-            return f"{base}/room/{room}?token={token(room, role, name, subject=name)}&autojoin=1"
+            return room_link(base, room, role, name)
 
         magenta = write_y4m(tmp_path / "participant.y4m", 320, 240, (230, 20, 230))
         async with (

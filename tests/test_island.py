@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser import ARTIFACTS, chromium
+from browser import ARTIFACTS, chromium, wait_js
 from playwright.async_api import BrowserContext, CDPSession, Page
 from rtp_vectors import VP8_RTX_PT, rtx_of
-from signaling_client import running_server, token
-from test_browser import wait_js
+from signaling_client import room_link, running_server
 from test_core import RTCP_SSRC, Publisher, consumer, decode, small_config, video_producer
 
 from sfu import rtcp
@@ -338,7 +337,7 @@ async def test_island_viewers_play_without_freezes_and_clean_viewer_stays_fast(
         room = "island"
 
         def link(role: str, name: str) -> str:
-            return f"{base}/room/{room}?token={token(room, role, name, subject=name)}&autojoin=1"
+            return room_link(base, room, role, name)
 
         async with chromium(tmp_path / "profile") as context:
             presenter = await context.new_page()
@@ -442,7 +441,7 @@ async def test_island_participant_with_the_floor_reaches_clean_viewers(tmp_path:
         room = "uplink"
 
         def link(role: str, name: str) -> str:
-            return f"{base}/room/{room}?token={token(room, role, name, subject=name)}&autojoin=1"
+            return room_link(base, room, role, name)
 
         async with chromium(tmp_path / "profile") as context:
             presenter = await context.new_page()

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -284,12 +283,6 @@ async def test_h264_goes_to_matroska(sfu: Sfu, tmp_path: Path, codec: str) -> No
         assert (stream.codec_context.width, stream.codec_context.height) == (640, 360)
         decoded = sum(1 for _ in container.decode(video=0))
     assert decoded >= 60
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_moderators_record_through_the_protocol_and_the_admin_api(

@@ -24,12 +24,6 @@ from signaling.config import Config
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
 async def server() -> AsyncIterator[tuple[str, Server]]:
     config = Config()
     config.signaling.rate_limit = 50

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -11,18 +10,12 @@ import numpy as np
 import pytest
 from browser import ARTIFACTS, chromium, wait_js
 from playwright.async_api import Page
-from signaling_client import Client, ProtocolFailure, running_server, token
+from signaling_client import Client, ProtocolFailure, room_link, running_server, token
 
 from bench.feed import EncodedLoopTrack, encode_loop
 from bench.synthetic import StereoPattern, ToneAudioTrack
 from recorder.manifest import read_manifest
 from signaling.config import Config
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def test_the_stereo_card_has_one_marker_per_eye_and_a_known_disparity() -> None:
@@ -131,8 +124,7 @@ async def test_chromium_viewers_see_2d_anaglyph_and_side_by_side(
             loop.attach(presenter.publisher)
 
             def link(view: str, name: str) -> str:
-                jwt = token("3d", "viewer", name, subject=name)
-                return f"{base}/room/3d?token={jwt}&autojoin=1&view={view}"
+                return room_link(base, "3d", "viewer", name, view=view)
 
             async with chromium(tmp_path / "chromium") as browser:
                 pages: dict[str, Page] = {}
