@@ -19,6 +19,7 @@ from aiortc import (
     RTCBundlePolicy,
     RTCConfiguration,
     RTCPeerConnection,
+    RTCRtpReceiver,
     RTCRtpSender,
     RTCSessionDescription,
 )
@@ -97,8 +98,60 @@ class ReceivedTrack:
         return sum(b - a for a, b in itertools.pairwise(times) if b - a > threshold)
 
 
+class NackRetrier:
+    """Re-sends an aiortc receiver's NACKs for packets still missing, as browsers do.
+
+    aiortc's video receiver sends a generic NACK (RFC 4585 §6.2.1) only when a
+    new gap appears, so a lost retransmission stalls it until the next loss.
+    libwebrtc's receiver asks again every round trip, up to 10 times; this
+    gives the test subscribers that behaviour. It reads the receiver's own
+    ``NackGenerator`` (the packets it still misses) and learns the media SSRC
+    from the first NACK the receiver sends itself.
+    """
+
+    def __init__(self, receiver: RTCRtpReceiver, interval: float, max_retries: int = 10) -> None:
+        self.receiver = receiver
+        self.interval = interval
+        self.max_retries = max_retries
+        self.generator = getattr(receiver, "_RTCRtpReceiver__nack_generator", None)
+        self.media_ssrc: int | None = None
+        self.sent: dict[int, tuple[float, int]] = {}  # seq -> (last NACK time, NACKs)
+        self._send = receiver._send_rtcp_nack
+        receiver._send_rtcp_nack = self._on_nack  # type: ignore[method-assign]
+
+    async def _on_nack(self, media_ssrc: int, lost: list[int]) -> None:
+        self.media_ssrc = media_ssrc
+        now = time.monotonic()
+        for seq in lost:
+            self.sent[seq] = (now, self.sent.get(seq, (now, 0))[1] + 1)
+        await self._send(media_ssrc, lost)
+
+    async def poll(self, now: float) -> None:
+        """NACK again every packet still missing ``interval`` after its last NACK."""
+        if self.generator is None or self.media_ssrc is None:
+            return
+        missing = self.generator.missing
+        for seq in [s for s in self.sent if s not in missing]:
+            del self.sent[seq]
+        due = [
+            seq
+            for seq, (last, count) in self.sent.items()
+            if now - last >= self.interval and count <= self.max_retries
+        ]
+        if due:
+            await self._on_nack(self.media_ssrc, sorted(due))
+
+
 class Subscriber:
-    """A decoding aiortc subscriber: the SFU offers, it answers."""
+    """A decoding aiortc subscriber: the SFU offers, it answers.
+
+    Its video receivers NACK a packet again while it is missing
+    (:class:`NackRetrier`), as a browser's do.
+    """
+
+    #: Interval between NACKs of one missing packet (about a loopback round
+    #: trip plus the SFU's one-repair-per-RTT guard).
+    nack_retry_interval = 0.05
 
     def __init__(self, sfu: Sfu, peer_id: str) -> None:
         self.sfu = sfu
@@ -108,6 +161,7 @@ class Subscriber:
         self.consumers: list[TrackInfo] = []
         self.started_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._retriers: dict[int, NackRetrier] = {}
         self.pc.on("track", self._on_track)
 
     async def connect(self, sources: Sequence[str]) -> None:
@@ -121,6 +175,19 @@ class Subscriber:
         received = ReceivedTrack(track.kind)
         self.tracks.append(received)
         self._tasks.append(asyncio.ensure_future(self._consume(track, received)))
+        if track.kind == "video" and not self._retriers:
+            self._tasks.append(asyncio.ensure_future(self._retry_nacks()))
+        for transceiver in self.pc.getTransceivers():
+            receiver = transceiver.receiver
+            if transceiver.kind == "video" and id(receiver) not in self._retriers:
+                self._retriers[id(receiver)] = NackRetrier(receiver, self.nack_retry_interval)
+
+    async def _retry_nacks(self) -> None:
+        while True:
+            await asyncio.sleep(self.nack_retry_interval / 2)
+            now = time.monotonic()
+            for retrier in list(self._retriers.values()):
+                await retrier.poll(now)
 
     async def _consume(self, track: MediaStreamTrack, received: ReceivedTrack) -> None:
         with contextlib.suppress(MediaStreamError):

@@ -148,22 +148,30 @@ async def test_lossy_subscriber_recovers_by_nack_without_disturbing_others(sfu: 
         dropped = make_lossy(lossy, 0.05)
         await lossy.pc.setLocalDescription(await lossy.pc.createAnswer())
         await sfu.answer(lossy.id, lossy.pc.localDescription.sdp)
+        # Bounded by count and time: at least 8 s and 20 drops (fewer packets
+        # flow on a loaded machine), then a moment for the last repair.
         await asyncio.sleep(8)
-        clean_frames = min(s.track("video").frames for s in clean)
+        assert await wait_for(lambda: dropped[0] >= 20, timeout=30), dropped
+        await asyncio.sleep(0.5)
+        clean_tracks = [s.track("video") for s in clean]
+        clean_frames = min(t.frames for t in clean_tracks)
         video = lossy.track("video")
-        assert dropped[0] > 20, "the wrapper dropped packets"
         # Losses are repaired by retransmission, not by skipping to a new
         # keyframe: no keyframe was requested, and the lossy subscriber decoded
-        # nearly as many frames as the clean ones (the rest were still held in
-        # its jitter buffer, waiting for a repair, when the test stopped).
+        # nearly as many frames as the clean ones (a few may still be held in
+        # its jitter buffer, waiting for a repair, when the test stops).
         assert sfu.stats()["keyframe_requests_sent"] == 0
-        assert video.frames >= 0.9 * clean_frames, (video.frames, clean_frames)
-        # No lasting freeze. aiortc's receiver NACKs a packet again only when
-        # a new gap appears, so a lost retransmission can stall it for a few
-        # hundred ms (browsers retry every RTT); the bound allows for that.
+        assert video.frames >= 0.95 * clean_frames, (video.frames, clean_frames)
+        # No freeze beyond what the clean subscribers saw (a loaded machine
+        # stalls everyone alike). The subscriber NACKs a packet again while it
+        # is missing (bench.clients.NackRetrier), so a lost retransmission
+        # costs a retry interval, not a wait for the next loss.
         assert video.first_frame_at is not None
-        assert video.longest_gap(since=video.first_frame_at) < 2.0
-        assert video.frozen_time(threshold=0.2) < 2.0
+        clean_frozen = max(t.frozen_time(threshold=0.2) for t in clean_tracks)
+        assert video.frozen_time(threshold=0.2) <= clean_frozen + 0.5, (
+            video.frozen_time(threshold=0.2),
+            clean_frozen,
+        )
         stats = {c["id"]: c for c in sfu.stats()["consumers"]}
         lossy_stats = stats[lossy.consumers[0].id]
         assert lossy_stats["nacks"] > 0 and lossy_stats["retransmitted"] > 0
