@@ -76,6 +76,10 @@ class SfuConfig:
     rtcp_interval: float = 1.0
     #: A peer that sent nothing (RTP, RTCP) for this long is closed.
     peer_timeout: float = 10.0
+    #: Worker processes for subscribers (``sfu.workers``); 0: everything in
+    #: one process. ``telebridge serve`` uses one per core when this is 0
+    #: and ``--workers`` is not given.
+    workers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,13 +307,21 @@ class Sfu:
         return self.router.request_keyframe(producer_id, self._clock())
 
     def attach_local(
-        self, consumer_id: str, kind: str, mime_type: str, sink: Sink, source: str | None
+        self,
+        consumer_id: str,
+        kind: str,
+        mime_type: str,
+        sink: Sink,
+        source: str | None,
+        layout: Layout | None = None,
     ) -> None:
-        """An in-process subscriber track (the recorder): plaintext RTP to ``sink``.
+        """An in-process subscriber track (the recorder, a relay): plaintext RTP to ``sink``.
 
         It behaves like a remote subscriber's track (keyframe starts, source
         switches, NACKs through :meth:`local_feedback`) minus the transport;
         :meth:`unsubscribe` removes it. ``source`` may be None (idle).
+        ``layout`` sets the payload type and header extensions written
+        (default: none, payload type 0 for video and 1 for audio).
         """
         if consumer_id in self.router.consumers:
             raise SfuError("peer-exists", f"track {consumer_id!r} exists")
@@ -323,7 +335,8 @@ class Sfu:
             kind=kind,
             ssrc=random.randrange(1, 1 << 32),
             sink=sink,
-            layout=Layout(
+            layout=layout
+            or Layout(
                 payload_type=0 if info.is_video else 1,
                 mid=None,
                 mid_ext_id=None,
@@ -341,6 +354,54 @@ class Sfu:
         except ValueError as exc:
             self.router.consumers.pop(consumer_id, None)
             raise SfuError("kind-mismatch", str(exc)) from exc
+
+    def add_relay_producer(
+        self, producer_id: str, kind: str, codec: RTCRtpCodecParameters, ssrc: int, sink: Sink
+    ) -> Producer:
+        """A producer fed by a relay (``sfu.relay.RelayIn``), not by a publisher peer.
+
+        Its packets use the relay's payload type and header extensions;
+        subscribers are offered ``codec`` (the publisher's negotiated one).
+        Upstream NACKs, PLIs and receiver reports go to ``sink``.
+        """
+        from sfu.relay import RELAY_ABS_SEND_TIME_EXT, RELAY_AUDIO_LEVEL_EXT, RELAY_PAYLOAD_TYPES
+
+        info = codec_info(codec.mimeType)
+        if info is None or ("video" if info.is_video else "audio") != kind:
+            raise SfuError("codec-unsupported", f"cannot relay {kind} as {codec.mimeType}")
+        if producer_id in self.router.producers:
+            raise SfuError("peer-exists", f"track {producer_id!r} exists")
+        producer = Producer(
+            producer_id=producer_id,
+            codec=info,
+            payload_type=RELAY_PAYLOAD_TYPES[kind],
+            ssrc=ssrc,
+            sink=sink,
+            rtcp_ssrc=random.randrange(1, 1 << 32),
+            config=self.router.config,
+            audio_level_ext_id=RELAY_AUDIO_LEVEL_EXT if kind == "audio" else None,
+            abs_send_time_ext_id=RELAY_ABS_SEND_TIME_EXT,
+        )
+        self.router.add_producer(producer)
+        self._negotiated[producer_id] = codec
+        return producer
+
+    def remove_relay_producer(self, producer_id: str) -> None:
+        """Close a relayed producer: its consumers idle until given another source."""
+        producer = self.router.producers.get(producer_id)
+        if producer is None:
+            return
+        self._retire(producer.stats)
+        self.router.remove_producer(producer_id, self._clock())
+        self._negotiated.pop(producer_id, None)
+
+    def negotiated(self, producer_id: str) -> RTCRtpCodecParameters | None:
+        """The codec a producer's publisher negotiated (what subscribers are offered)."""
+        return self._negotiated.get(producer_id)
+
+    def now(self) -> float:
+        """The SFU's clock (what every router entry point is given)."""
+        return self._clock()
 
     def local_feedback(self, consumer_id: str, packet: rtcp.RtcpPacket) -> None:
         """NACK/PLI from an in-process track, handled like a subscriber's RTCP."""
@@ -387,6 +448,13 @@ class Sfu:
                 self.router.remove_consumer(consumer.id, now)
         peer.sink.close()
         await peer.pc.close()
+
+    def peer_counts(self) -> dict[str, int]:
+        """Peer connections by role (``publisher``, ``subscriber``)."""
+        counts = {"publisher": 0, "subscriber": 0}
+        for peer in self.peers.values():
+            counts[peer.role] += 1
+        return counts
 
     def active_speaker(
         self, window: float = 1.0, among: Collection[str] | None = None

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from recorder.archive import add_archive_routes
 from recorder.service import Recorder
-from sfu.server import Sfu
+from sfu.workers import ClusterSfu, create_sfu
 from signaling.admin import add_admin_routes
 from signaling.config import Config
 from signaling.metrics import add_metrics_route
@@ -37,13 +37,16 @@ class Server:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.sfu = Sfu(config.sfu)
+        self.sfu = create_sfu(config.sfu)
+        if isinstance(self.sfu, ClusterSfu):
+            self.sfu.on_peers_lost = self._subscribers_lost
         self.recorder = Recorder(self.sfu, config.recorder)
         self.store: Store = create_store(config.signaling.store_url)
         self.rooms: dict[str, Room] = {}
         signaling = config.signaling
         self.node_id = signaling.node_id or f"{socket.gethostname()}:{signaling.port}"
         self._tasks: list[asyncio.Task[None]] = []
+        self._resubscribing: set[asyncio.Task[None]] = set()
         #: Recent event-loop lag in seconds (a decaying maximum), see :meth:`busy`.
         self.loop_lag = 0.0
 
@@ -67,6 +70,17 @@ class Server:
         await self.recorder.stop()
         await self.sfu.stop()
         await self.store.close()
+
+    def _subscribers_lost(self, peer_ids: list[str]) -> None:
+        """A media worker died: give its subscribers a new subscribe connection."""
+        lost = set(peer_ids)
+        loop = asyncio.get_running_loop()
+        for room in list(self.rooms.values()):
+            for member in list(room.members.values()):
+                if member.subscribe_peer in lost:
+                    task = loop.create_task(room.resubscribe(member))
+                    self._resubscribing.add(task)
+                    task.add_done_callback(self._resubscribing.discard)
 
     async def room_for_join(self, room_id: str) -> Room:
         room = self.rooms.get(room_id)
@@ -158,7 +172,9 @@ class Server:
         while True:
             try:
                 await self.store.register_node(
-                    self.node_id, {"rooms": len(self.rooms), "peers": len(self.sfu.peers)}, ttl
+                    self.node_id,
+                    {"rooms": len(self.rooms), "peers": sum(self.sfu.peer_counts().values())},
+                    ttl,
                 )
                 for room in list(self.rooms.values()):
                     for member in list(room.members.values()):

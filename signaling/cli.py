@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=_size, default=(640, 360), help="WIDTHxHEIGHT")
     serve = commands.add_parser(
         "serve",
-        help="run signaling, the browser client and the SFU in one process",
+        help="run signaling, the browser client and the SFU (with media workers)",
         description="Serve rooms on HOST:PORT until interrupted (embedded defaults).",
     )
     serve.add_argument("--config", help="TOML config file (default: embedded defaults)")
@@ -52,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--record", action="store_true", help="record every room (config: [recorder] auto_record)"
     )
     serve.add_argument("--recordings", help="recordings directory (config: [recorder] directory)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes holding the subscribers (default: [sfu] workers, "
+        "else one per CPU core; 0: everything in one process)",
+    )
     serve.add_argument(
         "--demo-presenter",
         metavar="ROOM",
@@ -200,6 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             full.recorder.auto_record = ["*"]
         if args.recordings:
             full.recorder.directory = args.recordings
+        if args.workers is not None:
+            if args.workers < 0:
+                parser.error("--workers must be 0 or more")
+            full.sfu.workers = args.workers
+        elif full.sfu.workers == 0:
+            full.sfu.workers = os.cpu_count() or 1
         return _run(serve(full, args.demo_presenter, stereo=args.demo_stereo))
     if args.command == "bench":
         return _bench(parser, args)

@@ -53,18 +53,19 @@ class TelebridgeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         server = self.server
         members = [m for room in server.rooms.values() for m in room.members.values()]
+        peers = server.sfu.peer_counts()
         gauges = (
             ("telebridge_rooms", "rooms on this node", len(server.rooms)),
             ("telebridge_participants", "participants connected to this node", len(members)),
             (
                 "telebridge_publishers",
                 "publishing peer connections",
-                sum(1 for p in server.sfu.peers.values() if p.role == "publisher"),
+                peers["publisher"],
             ),
             (
                 "telebridge_subscribers",
                 "subscribing peer connections",
-                sum(1 for p in server.sfu.peers.values() if p.role == "subscriber"),
+                peers["subscriber"],
             ),
         )
         for name, documentation, value in gauges:

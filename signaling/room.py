@@ -463,8 +463,14 @@ class Room:
             if is_main and main.get(track.kind) != template:
                 self._assign(slot, None, None)  # codec template only: idle until a holder
         member.negotiating = True
+        # A new SFU peer: the client must answer on a new connection.
         await member.send(
-            {"type": "offer", "sdp": offer, "tracks": [s.describe() for s in member.slots]}
+            {
+                "type": "offer",
+                "sdp": offer,
+                "tracks": [s.describe() for s in member.slots],
+                "restart": True,
+            }
         )
 
     async def _renegotiate(self, member: Member, to_add: list[tuple[str, str]]) -> None:
@@ -476,6 +482,21 @@ class Room:
         await member.send(
             {"type": "offer", "sdp": offer, "tracks": [s.describe() for s in member.slots]}
         )
+
+    async def resubscribe(self, member: Member) -> None:
+        """The member's subscribe connection is gone (its media worker died): offer a new one.
+
+        Its publications and everyone else's media are untouched.
+        """
+        if self.members.get(member.id) is not member:
+            return
+        async with member.lock:
+            member.subscribe_peer = None
+            member.slots = []
+            member.negotiating = False
+            member.sync_again = False
+        logger.warning("room %s: %s's media worker was lost; offering anew", self.id, member.id)
+        await self.sync(member)
 
     async def answered(self, member: Member, sdp: str) -> None:
         """The member answered the latest offer; apply it and catch up on changes."""

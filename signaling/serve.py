@@ -30,7 +30,10 @@ async def serve(
     site = web.TCPSite(runner, signaling.host, signaling.port)
     await site.start()
     base = f"http://{signaling.host}:{signaling.port}"
-    print(f"Telebridge listening on {base} (SFU candidates: {config.sfu.candidate_addresses})")
+    print(
+        f"Telebridge listening on {base} (SFU candidates: {config.sfu.candidate_addresses}, "
+        f"media workers: {config.sfu.workers or 'none, one process'})"
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -745,6 +745,9 @@ export class TelebridgeSession extends EventTarget {
 
   async applyOffer(message, conn) {
     if (conn !== this.connId) return;
+    // `restart`: the offer is from a new server-side connection (first offer,
+    // or the old one's media worker was lost): the previous one is useless.
+    if (message.restart && this.subscribePc) this.closeSubscribeConnection();
     const pc = this.ensureSubscribeConnection();
     // Set first: `track` events fire during setRemoteDescription.
     this.offerTracks = Array.isArray(message.tracks) ? message.tracks : [];
