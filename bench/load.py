@@ -75,6 +75,8 @@ class BenchOptions:
     #: Pin the spawned server to these CPUs and the bench itself (presenter and
     #: client processes) to the others: "the largest N on one core" (Linux).
     server_cpus: list[int] | None = None
+    #: ``serve --workers`` for the spawned server (None: serve's default, one per core).
+    server_workers: int | None = None
 
 
 # ------------------------------------------------------------------ server
@@ -84,7 +86,11 @@ class SpawnedServer:
     """``telebridge serve`` in a child process on a free loopback port."""
 
     def __init__(
-        self, secret: str, mediarelay: bool = False, record_dir: str | None = None
+        self,
+        secret: str,
+        mediarelay: bool = False,
+        record_dir: str | None = None,
+        workers: int | None = None,
     ) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -116,6 +122,8 @@ class SpawnedServer:
             ]
             if record_dir is not None:
                 command += ["--record", "--recordings", record_dir]
+            if workers is not None:
+                command += ["--workers", str(workers)]
         self.process = subprocess.Popen(
             [sys.executable, *command],
             env=env,
@@ -150,32 +158,46 @@ class SpawnedServer:
 
 
 def pin_apart(server_pid: int, server_cpus: list[int]) -> list[int]:
-    """Pin the server to ``server_cpus`` and this process (and the clients it starts
-    afterwards, which inherit it) to the other CPUs; returns those."""
+    """Pin the server (every thread of it and of its worker processes) to
+    ``server_cpus`` and this process (and the clients it starts afterwards,
+    which inherit it) to the other CPUs; returns those."""
     available = sorted(os.sched_getaffinity(0) | set(server_cpus))
     rest = [cpu for cpu in available if cpu not in server_cpus]
     if not rest:
         raise ValueError("--server-cpus leaves no CPU for the bench itself")
-    os.sched_setaffinity(server_pid, server_cpus)
+    for pid in process_tree(server_pid):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that just ended
+                os.sched_setaffinity(int(task.name), server_cpus)
     os.sched_setaffinity(0, rest)
     return rest
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live children (a server's media workers), from /proc."""
+    found = [pid]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == pid:
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
 
 
 def process_tree_cpu(pid: int) -> tuple[float, float]:
     """(CPU seconds, RSS MiB) of a process and its live children, from /proc."""
     cpu = 0.0
     rss = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for member in process_tree(pid):
         try:
-            stat = (entry / "stat").read_text()
+            stat = (Path("/proc") / str(member) / "stat").read_text()
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()
-        this, parent = int(entry.name), int(fields[1])
-        if this != pid and parent != pid:
-            continue
         cpu += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
         rss += int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
     return cpu, rss
@@ -403,7 +425,9 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
     own_cpus = os.sched_getaffinity(0)
     client_cpus: list[int] | None = None
     if options.spawn:
-        spawned = SpawnedServer(options.secret, options.mediarelay, options.record_dir)
+        spawned = SpawnedServer(
+            options.secret, options.mediarelay, options.record_dir, options.server_workers
+        )
         url = spawned.url
         if options.server_cpus:
             client_cpus = pin_apart(spawned.process.pid, options.server_cpus)
@@ -530,6 +554,7 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
         "command": options.command,
         "recording": options.record_dir is not None,
         "server_cpus": options.server_cpus,
+        "server_workers": options.server_workers,
         "client_cpus": client_cpus,
         "machine": {
             "cpus": os.cpu_count(),

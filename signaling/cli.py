@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --spawn: pin the server to these CPUs (e.g. 0) and the bench to the rest",
     )
     bench.add_argument(
+        "--server-workers",
+        type=int,
+        metavar="N",
+        help="with --spawn: serve --workers N (default: serve's, one per core; 0: one process)",
+    )
+    bench.add_argument(
         "--stereo",
         action="store_true",
         help="the presenter sends the side-by-side 3D card (e.g. --size 1920x1080 --bitrate 6M)",
@@ -307,6 +313,10 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if not args.spawn:
             parser.error("--record needs --spawn")
         options.record_dir = args.record
+    if args.server_workers is not None:
+        if not args.spawn or args.server_workers < 0:
+            parser.error("--server-workers needs --spawn and 0 or more")
+        options.server_workers = args.server_workers
     if args.baseline and not args.spawn:
         parser.error("--baseline needs --spawn (the baseline server runs here)")
     baseline = max(1, args.baseline_subscribers) if args.baseline else None

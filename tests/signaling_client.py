@@ -161,6 +161,10 @@ class Client:
     async def answer_offer(self, offer: dict[str, Any]) -> None:
         self.offers += 1
         self.tracks = {t["mid"]: t for t in offer["tracks"]}
+        if offer.get("restart") and self.subscriber is not None:
+            await self.subscriber.close()  # a new server-side connection
+            self.subscriber = None
+            self.received = {}
         if self.subscriber is None:
             self.subscriber = LoopbackPeerConnection()
             self.subscriber.on("track", self._on_track)

@@ -143,3 +143,48 @@ async def test_kiosk_viewers_play_follow_the_floor_and_rejoin(tmp_path: Path) ->
 
             ARTIFACTS.mkdir(exist_ok=True)
             await viewers[1].screenshot(path=str(ARTIFACTS / "viewer.png"))
+
+
+async def test_browser_viewers_on_media_workers_survive_a_worker_crash(tmp_path: Path) -> None:
+    """Subscribers on two worker processes; SIGKILL one: its viewer plays again, the other
+    viewer is never renegotiated."""
+    import os
+    import signal
+
+    config = Config()
+    config.sfu.workers = 2
+    async with running_server(config) as (base, server):
+        room = "workers"
+        async with chromium(tmp_path / "a") as browser:
+            presenter = await browser.new_page()
+            await presenter.goto(room_link(base, room, "presenter", "Central hospital"))
+            await wait_js(presenter, "() => window.telebridge.state", lambda s: s == "joined")
+            viewers = []
+            for n in range(2):
+                page = await browser.new_page()
+                await page.goto(room_link(base, room, "viewer", f"District hospital {n + 1}"))
+                viewers.append(page)
+            for page in viewers:
+                await plays(page)
+            sfu = server.sfu
+            members = {m.name: m for m in server.rooms[room].members.values()}
+            placement = {
+                name: next(w for w in sfu.workers if m.subscribe_peer in w.peers)  # type: ignore[attr-defined]
+                for name, m in members.items()
+                if m.subscribe_peer is not None
+            }
+            victim = placement["District hospital 1"]
+            assert placement["District hospital 2"] is not victim
+            survivor_peer = members["District hospital 2"].subscribe_peer
+            old_peer = members["District hospital 1"].subscribe_peer
+            assert victim.process.pid is not None
+            os.kill(victim.process.pid, signal.SIGKILL)
+            # The crashed worker's viewer gets a new subscribe connection and plays.
+            assert await wait_until(
+                lambda: members["District hospital 1"].subscribe_peer not in (None, old_peer), 15
+            )
+            await plays(viewers[0])
+            assert await viewers[0].evaluate("() => window.telebridge.state") == "joined"
+            # The other viewer kept its connection and kept playing.
+            assert members["District hospital 2"].subscribe_peer == survivor_peer
+            await plays(viewers[1], timeout=5)
