@@ -508,6 +508,13 @@ class ClusterSfu(Sfu):
                 if isinstance(result, Exception) and not isinstance(result, SfuError):
                     logger.error("worker snapshot failed: %r", result)
 
+    async def _replace(self, worker: Worker) -> None:
+        try:
+            await worker.start(self, self._worker_exited)
+        except Exception:
+            alive = sum(w.alive for w in self.workers)
+            logger.exception("%s could not be restarted; %d worker(s) left", worker.name, alive)
+
     def _worker_exited(self, worker: Worker) -> None:
         lost = sorted(worker.peers)
         for peer_id in lost:
@@ -518,7 +525,7 @@ class ClusterSfu(Sfu):
             self._lost_totals[key] = self._lost_totals.get(key, 0) + value
         replacement = Worker(worker.index, self.config, self._verbose)
         self.workers[worker.index] = replacement
-        task = asyncio.get_running_loop().create_task(replacement.start(self, self._worker_exited))
+        task = asyncio.get_running_loop().create_task(self._replace(replacement))
         self._respawning.add(task)
         task.add_done_callback(self._respawning.discard)
         if self.on_peers_lost is not None and lost:
