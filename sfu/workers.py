@@ -32,6 +32,9 @@ import itertools
 import logging
 import multiprocessing
 import os
+import pickle
+import socket
+import struct
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -62,6 +65,45 @@ _WORKER_COMMANDS = frozenset(
 )
 
 
+# ------------------------------------------------------------------ the pipe
+
+
+class Channel:
+    """Messages (pickles, 4-byte length prefix) over a Unix socket, on asyncio streams.
+
+    Made from one end of a ``multiprocessing`` pipe (a socket pair): the
+    pipe's own blocking ``recv`` cannot share an event loop (uvloop makes
+    watched descriptors non-blocking). ``send`` never blocks: the stream
+    buffers, and the other end reads continuously.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def open(cls, conn: Connection) -> Channel:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        conn.close()
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 24)
+        return cls(reader, writer)
+
+    def send(self, message: Any) -> None:
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        self._writer.write(_LENGTH.pack(len(data)) + data)
+
+    async def recv(self) -> Any:
+        """The next message; ``asyncio.IncompleteReadError`` when the other end is gone."""
+        (length,) = _LENGTH.unpack(await self._reader.readexactly(_LENGTH.size))
+        return pickle.loads(await self._reader.readexactly(length))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+_LENGTH = struct.Struct("!I")
+
+
 # ------------------------------------------------------------------ worker side
 
 
@@ -81,25 +123,20 @@ def worker_main(conn: Connection, config: SfuConfig, name: str, verbose: bool = 
 
 
 async def _worker(conn: Connection, config: SfuConfig) -> None:
-    loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue[tuple[int | None, str, tuple[Any, ...]] | None] = asyncio.Queue()
-
-    def readable() -> None:
-        try:
-            while conn.poll():
-                inbox.put_nowait(conn.recv())
-        except (EOFError, OSError):  # the main process is gone
-            loop.remove_reader(conn.fileno())
-            inbox.put_nowait(None)
-
+    """Run commands from the main process, in order, until it closes the pipe."""
+    channel = await Channel.open(conn)
     async with Sfu(config) as sfu:
         relay = RelayIn(sfu, "127.0.0.1")
-        reports = loop.create_task(_relay_reports(relay, config.rtcp_interval))
-        loop.add_reader(conn.fileno(), readable)
-        conn.send(("ready", relay.address, os.getpid()))
+        reports = asyncio.get_running_loop().create_task(
+            _relay_reports(relay, config.rtcp_interval)
+        )
+        channel.send(("ready", relay.address, os.getpid()))
         try:
-            while (message := await inbox.get()) is not None:
-                request_id, method, args = message
+            while True:
+                try:
+                    request_id, method, args = await channel.recv()
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return  # the main process is gone, or stopping us
                 try:
                     reply: tuple[int | None, bool, Any] = (
                         request_id,
@@ -112,7 +149,7 @@ async def _worker(conn: Connection, config: SfuConfig) -> None:
                     logger.exception("worker command %s failed", method)
                     reply = (request_id, False, ("internal-error", repr(exc)))
                 if request_id is not None:
-                    conn.send(reply)
+                    channel.send(reply)
                 elif not reply[1]:
                     logger.warning("%s%r: %s", method, args, reply[2][1])
         finally:
@@ -153,7 +190,9 @@ class Worker:
         self._config = config
         self._verbose = verbose
         context = multiprocessing.get_context("spawn")
-        self.conn, child = context.Pipe()
+        self._conn, child = context.Pipe()
+        self._channel: Channel | None = None
+        self._reading: asyncio.Task[None] | None = None
         self.process = context.Process(
             target=worker_main, args=(child, config, self.name, verbose), name=self.name
         )
@@ -172,14 +211,18 @@ class Worker:
         loop = asyncio.get_running_loop()
         self.process.start()
         self._child.close()
-        if not await loop.run_in_executor(None, self.conn.poll, WORKER_TIMEOUT):
+        channel = await Channel.open(self._conn)
+        try:
+            _, address, pid = await asyncio.wait_for(channel.recv(), WORKER_TIMEOUT)
+        except (TimeoutError, asyncio.IncompleteReadError) as exc:
+            channel.close()
             self.process.kill()
-            raise RuntimeError(f"{self.name} did not start within {WORKER_TIMEOUT:.0f} s")
-        _, address, pid = self.conn.recv()
+            raise RuntimeError(f"{self.name} did not start") from exc
+        self._channel = channel
         self.relay = RelayOut(hub, self.name, (address[0], address[1]))
         self.alive = True
         self._on_exit = on_exit
-        loop.add_reader(self.conn.fileno(), self._readable)
+        self._reading = loop.create_task(self._read())
         loop.add_reader(self.process.sentinel, self._exited)
         logger.info("%s started (pid %d, relay %s:%d)", self.name, pid, *address)
 
@@ -245,7 +288,8 @@ class Worker:
     async def stop(self) -> None:
         """Close the pipe (the worker closes its peers and exits), then reap it."""
         self._forget()
-        self.conn.close()
+        if self._channel is not None:
+            self._channel.close()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.process.join, 5.0)
         if self.process.is_alive():
@@ -253,17 +297,16 @@ class Worker:
             await loop.run_in_executor(None, self.process.join, 5.0)
 
     def _send(self, message: tuple[Any, ...]) -> None:
-        if not self.alive:
+        if not self.alive or self._channel is None:
             raise SfuError("worker-lost", f"{self.name} is not running")
-        try:
-            self.conn.send(message)
-        except (OSError, ValueError) as exc:
-            raise SfuError("worker-lost", f"{self.name} is not running") from exc
+        self._channel.send(message)
 
-    def _readable(self) -> None:
+    async def _read(self) -> None:
+        """Hand the worker's replies to the calls waiting for them."""
+        assert self._channel is not None
         try:
-            while self.conn.poll():
-                request_id, ok, value = self.conn.recv()
+            while True:
+                request_id, ok, value = await self._channel.recv()
                 future = self._pending.get(request_id)
                 if future is None or future.done():
                     continue
@@ -271,7 +314,7 @@ class Worker:
                     future.set_result(value)
                 else:
                     future.set_exception(SfuError(value[0], value[1]))
-        except (EOFError, OSError):
+        except (asyncio.IncompleteReadError, ConnectionError):
             self._exited()
 
     def _exited(self) -> None:
@@ -287,9 +330,9 @@ class Worker:
         was_alive = self.alive
         self.alive = False
         if was_alive:
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(self.conn.fileno())
-            loop.remove_reader(self.process.sentinel)
+            asyncio.get_running_loop().remove_reader(self.process.sentinel)
+            if self._reading is not None and self._reading is not asyncio.current_task():
+                self._reading.cancel()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(SfuError("worker-lost", f"{self.name} exited"))
@@ -356,10 +399,7 @@ class ClusterSfu(Sfu):
             raise SfuError("no-media", "nothing to subscribe to")
         if peer_id in self._placement or peer_id in self.peers:
             raise SfuError("peer-exists", f"peer {peer_id!r} exists")
-        alive = [w for w in self.workers if w.alive]
-        if not alive:
-            raise SfuError("worker-lost", "no media worker is running")
-        worker = min(alive, key=lambda w: len(w.peers))
+        worker = min(await self._alive_workers(), key=lambda w: len(w.peers))
         for source in sources:
             worker.ensure_relay(self, source)
         self._placement[peer_id] = worker
@@ -371,6 +411,15 @@ class ClusterSfu(Sfu):
             worker.peers.discard(peer_id)
             raise
         return result
+
+    async def _alive_workers(self) -> list[Worker]:
+        """The running workers; while none is (all being replaced), wait for one."""
+        deadline = time.monotonic() + WORKER_TIMEOUT
+        while not (alive := [w for w in self.workers if w.alive]):
+            if time.monotonic() > deadline or not self._respawning:
+                raise SfuError("worker-lost", "no media worker is running")
+            await asyncio.sleep(0.05)
+        return alive
 
     async def add_sources(self, peer_id: str, sources: list[str]) -> tuple[str, list[TrackInfo]]:
         worker = self._placement.get(peer_id)

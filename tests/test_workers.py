@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import random
 import signal
 import time
+
+import pytest
+import uvloop
 
 from bench.clients import Subscriber, publish
 from bench.synthetic import PatternVideoTrack, ToneAudioTrack
 from sfu.relay import RelayIn, RelayOut, RelaySink
 from sfu.router import RouterConfig
 from sfu.server import Sfu, SfuConfig
-from sfu.workers import ClusterSfu
+from sfu.workers import Channel, ClusterSfu
 
 WIDTH, HEIGHT = 320, 240
 
@@ -169,3 +173,23 @@ async def test_a_dead_worker_loses_only_its_subscribers_and_is_replaced() -> Non
             for s in [*subs, *([late] if late else [])]:
                 await s.close()
             await pub.close()
+
+
+def test_channel_carries_large_messages_on_uvloop() -> None:
+    """The worker pipe under uvloop (which makes watched descriptors non-blocking):
+    replies far larger than a socket buffer arrive whole, and a closed end is seen."""
+
+    async def main() -> None:
+        a, b = multiprocessing.Pipe()
+        left, right = await Channel.open(a), await Channel.open(b)
+        big = {"consumers": [{"id": f"c{i}", "pad": "x" * 100} for i in range(5000)]}
+        for _ in range(3):
+            left.send(big)
+        for _ in range(3):
+            assert await right.recv() == big
+        left.close()
+        with pytest.raises(asyncio.IncompleteReadError):
+            await right.recv()
+        right.close()
+
+    uvloop.run(main())
