@@ -18,7 +18,7 @@ with that subscriber's sequence number, timestamp and SSRC.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -52,11 +52,21 @@ class BandwidthEstimator(Protocol):
 
 
 class Sink(Protocol):
-    """Where the core's output for one peer connection goes (plaintext RTP/RTCP)."""
+    """Where the core's output for one peer connection goes (plaintext RTP/RTCP).
+
+    A sink may also have ``send_rtp_header(b0, b1, seq, timestamp, ssrc,
+    tail)`` (:data:`HeaderSend`): the fan-out then hands it the rewritten
+    fixed header's fields and the rest of the packet instead of building
+    the bytes (``SrtpSink`` protects them in place).
+    """
 
     def send_rtp(self, packet: bytes) -> None: ...
 
     def send_rtcp(self, packet: bytes) -> None: ...
+
+
+#: A sink's optional ``send_rtp_header``: (b0, b1, seq, timestamp, ssrc, tail).
+HeaderSend = Callable[[int, int, int, int, int, bytes], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +259,8 @@ class Consumer:
     last_rtcp: float = 0.0
     resent: dict[int, float] = field(default_factory=dict)
     closed: bool = False
+    #: The sink's ``send_rtp_header`` if it has one (set by the router).
+    send_header: HeaderSend | None = None
 
     def out_highest(self) -> int:
         """Extended sequence number of the newest packet sent (or -1)."""
@@ -297,6 +309,7 @@ class Router:
         if consumer.id in self.consumers:
             raise ValueError(f"consumer {consumer.id!r} exists")
         consumer.rtx_seq = consumer.initial_seq ^ 0x5A5A
+        consumer.send_header = getattr(consumer.sink, "send_rtp_header", None)
         self.consumers[consumer.id] = consumer
         if source_id is not None:
             self.set_source(consumer.id, source_id, now)
@@ -451,16 +464,27 @@ class Router:
                     self._start(consumer, producer, ext_seq, ts)
                 elif late and ext_seq < consumer.start_seq:
                     continue  # from before this consumer's start: its number is taken
-                consumer.sink.send_rtp(
-                    pack(
+                send_header = consumer.send_header
+                if send_header is not None:
+                    send_header(
                         b0,
                         b1,
                         (ext_seq + consumer.seq_offset) & 0xFFFF,
                         (ts + consumer.ts_offset) & _U32,
                         consumer.ssrc,
+                        tail,
                     )
-                    + tail
-                )
+                else:
+                    consumer.sink.send_rtp(
+                        pack(
+                            b0,
+                            b1,
+                            (ext_seq + consumer.seq_offset) & 0xFFFF,
+                            (ts + consumer.ts_offset) & _U32,
+                            consumer.ssrc,
+                        )
+                        + tail
+                    )
                 cstats = consumer.stats
                 cstats.packets += 1
                 cstats.bytes += size

@@ -42,6 +42,8 @@ from aiortc import (
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
 
+from sfu.srtp import InPlaceProtector
+
 logger = logging.getLogger(__name__)
 
 RtpCallback = Callable[[bytes], None]
@@ -243,6 +245,8 @@ class SrtpSink:
         self._addr: tuple[str, int] = ("", 0)
         self._protect: Callable[[bytes], bytes] | None = None
         self._protect_rtcp: Callable[[bytes], bytes] | None = None
+        self._session: pylibsrtp.Session | None = None
+        self._in_place: InPlaceProtector | None = None
         self.dropped = 0
         self.errors = 0
 
@@ -250,6 +254,9 @@ class SrtpSink:
         self, session: pylibsrtp.Session, sock: socket.socket, addr: tuple[str, int]
     ) -> None:
         """Send through ``session`` (an outbound SRTP session) on ``sock`` to ``addr``."""
+        if session is not self._session:
+            self._session = session
+            self._in_place = InPlaceProtector(session)
         self._protect = session.protect
         self._protect_rtcp = session.protect_rtcp
         self._sock = sock
@@ -266,6 +273,30 @@ class SrtpSink:
         except BlockingIOError:
             self.dropped += 1
         except (OSError, pylibsrtp.Error):
+            self.errors += 1
+
+    def send_rtp_header(
+        self, b0: int, b1: int, seq: int, timestamp: int, ssrc: int, tail: bytes
+    ) -> None:
+        """Send a rewritten packet given as header fields and the rest (the fan-out's path).
+
+        Protected in the session's own buffer (:class:`sfu.srtp.InPlaceProtector`):
+        no intermediate ``bytes`` for the plaintext or the ciphertext.
+        """
+        in_place = self._in_place
+        sock = self._sock
+        if in_place is None or sock is None or self._protect is None:
+            self.dropped += 1
+            return
+        packet = in_place.protect(b0, b1, seq, timestamp, ssrc, tail)
+        if packet is None:
+            self.errors += 1
+            return
+        try:
+            sock.sendto(packet, self._addr)
+        except BlockingIOError:
+            self.dropped += 1
+        except OSError:
             self.errors += 1
 
     def send_rtcp(self, packet: bytes) -> None:
@@ -285,6 +316,7 @@ class SrtpSink:
             self._sock.close()
             self._sock = None
         self._protect = self._protect_rtcp = None
+        self._session = self._in_place = None
 
 
 class PeerSink(SrtpSink):
