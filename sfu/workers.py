@@ -11,7 +11,7 @@ serves its subscribers from its own cache, so NACKs and keyframe starts
 behave as in one process, and its keyframe requests are aggregated with
 everyone else's in the main process.
 
-Commands for a worker's peers go over a pipe, in order; the calls that are
+Commands for a worker's peers go over a pipe (in order for each peer); the calls that are
 synchronous in ``Sfu`` (``set_source``, ``unsubscribe``) are sent without
 waiting and their errors are logged. ``stats`` and ``totals`` merge the
 main process's figures with each worker's last snapshot (taken every
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -47,22 +48,10 @@ logger = logging.getLogger(__name__)
 
 #: Longest wait for a worker to start or to answer a command.
 WORKER_TIMEOUT = 30.0
-#: ``Sfu`` methods a worker runs for the main process (see ``_worker_call``).
-_WORKER_COMMANDS = frozenset(
-    {
-        "subscribe",
-        "add_sources",
-        "answer",
-        "add_ice_candidate",
-        "set_source",
-        "unsubscribe",
-        "close",
-        "stats",
-        "totals",
-        "relay_add",
-        "relay_remove",
-    }
-)
+#: ``Sfu`` methods a worker runs as they arrive (they do not await).
+_IMMEDIATE_COMMANDS = frozenset({"set_source", "unsubscribe", "stats", "totals"})
+#: ``Sfu`` coroutines a worker runs in order per peer (the first argument).
+_PEER_COMMANDS = frozenset({"subscribe", "add_sources", "answer", "add_ice_candidate", "close"})
 
 
 # ------------------------------------------------------------------ the pipe
@@ -123,13 +112,24 @@ def worker_main(conn: Connection, config: SfuConfig, name: str, verbose: bool = 
 
 
 async def _worker(conn: Connection, config: SfuConfig) -> None:
-    """Run commands from the main process, in order, until it closes the pipe."""
+    """Run commands from the main process until it closes the pipe.
+
+    Commands that complete at once (relay changes, source switches,
+    statistics) run as they arrive, in order. Those that await (SDP, ICE,
+    close) run as tasks, one after the other for the same peer and
+    concurrently across peers, so that a join storm is not one queue.
+    """
     channel = await Channel.open(conn)
+    loop = asyncio.get_running_loop()
+    chains: dict[str, asyncio.Task[None]] = {}  # peer id -> its latest command
+
+    def done(peer_id: str, task: asyncio.Task[None]) -> None:
+        if chains.get(peer_id) is task:
+            del chains[peer_id]
+
     async with Sfu(config) as sfu:
         relay = RelayIn(sfu, "127.0.0.1")
-        reports = asyncio.get_running_loop().create_task(
-            _relay_reports(relay, config.rtcp_interval)
-        )
+        reports = loop.create_task(_relay_reports(relay, config.rtcp_interval))
         channel.send(("ready", relay.address, os.getpid()))
         try:
             while True:
@@ -137,45 +137,80 @@ async def _worker(conn: Connection, config: SfuConfig) -> None:
                     request_id, method, args = await channel.recv()
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return  # the main process is gone, or stopping us
-                try:
-                    reply: tuple[int | None, bool, Any] = (
-                        request_id,
-                        True,
-                        await _worker_call(sfu, relay, method, args),
-                    )
-                except SfuError as exc:
-                    reply = (request_id, False, (exc.code, str(exc)))
-                except Exception as exc:
-                    logger.exception("worker command %s failed", method)
-                    reply = (request_id, False, ("internal-error", repr(exc)))
-                if request_id is not None:
-                    channel.send(reply)
-                elif not reply[1]:
-                    logger.warning("%s%r: %s", method, args, reply[2][1])
+                if method not in _PEER_COMMANDS:
+                    _reply(channel, request_id, method, args, *_run_now(sfu, relay, method, args))
+                    continue
+                peer_id = str(args[0])
+                task = loop.create_task(
+                    _run_in_turn(chains.get(peer_id), channel, sfu, request_id, method, args)
+                )
+                chains[peer_id] = task
+                task.add_done_callback(functools.partial(done, peer_id))
         finally:
             reports.cancel()
+            for task in list(chains.values()):
+                task.cancel()
             relay.close()
+
+
+def _run_now(sfu: Sfu, relay: RelayIn, method: str, args: tuple[Any, ...]) -> tuple[bool, Any]:
+    """A command that does not await: (ok, result or (code, message))."""
+    try:
+        if method == "relay_add":
+            relay.add(args[0])
+            return True, None
+        if method == "relay_remove":
+            relay.remove(args[0])
+            return True, None
+        if method not in _IMMEDIATE_COMMANDS:
+            raise SfuError("unknown-command", f"workers do not run {method!r}")
+        return True, getattr(sfu, method)(*args)
+    except SfuError as exc:
+        return False, (exc.code, str(exc))
+    except Exception as exc:
+        logger.exception("worker command %s failed", method)
+        return False, ("internal-error", repr(exc))
+
+
+async def _run_in_turn(
+    previous: asyncio.Task[None] | None,
+    channel: Channel,
+    sfu: Sfu,
+    request_id: int | None,
+    method: str,
+    args: tuple[Any, ...],
+) -> None:
+    """Run a peer's awaiting command once its previous one finished."""
+    if previous is not None:
+        await asyncio.wait([previous])
+    try:
+        result: tuple[bool, Any] = (True, await getattr(sfu, method)(*args))
+    except SfuError as exc:
+        result = (False, (exc.code, str(exc)))
+    except Exception as exc:
+        logger.exception("worker command %s failed", method)
+        result = (False, ("internal-error", repr(exc)))
+    _reply(channel, request_id, method, args, *result)
+
+
+def _reply(
+    channel: Channel,
+    request_id: int | None,
+    method: str,
+    args: tuple[Any, ...],
+    ok: bool,
+    value: Any,
+) -> None:
+    if request_id is not None:
+        channel.send((request_id, ok, value))
+    elif not ok:
+        logger.warning("%s%r: %s", method, args, value[1])
 
 
 async def _relay_reports(relay: RelayIn, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         relay.send_reports()
-
-
-async def _worker_call(sfu: Sfu, relay: RelayIn, method: str, args: tuple[Any, ...]) -> Any:
-    if method not in _WORKER_COMMANDS:
-        raise SfuError("unknown-command", f"workers do not run {method!r}")
-    if method == "relay_add":
-        relay.add(args[0])
-        return None
-    if method == "relay_remove":
-        relay.remove(args[0])
-        return None
-    result = getattr(sfu, method)(*args)
-    if asyncio.iscoroutine(result):
-        result = await result
-    return result
 
 
 # ------------------------------------------------------------------ main side
