@@ -575,6 +575,9 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
         "loss_pct_before_recovery": overall["loss_pct_before_recovery"],
         "latency_ms": overall["latency_ms"],
         "first_frame_ms": overall["first_frame_ms"],
+        "offer_ms": _quantiles(
+            [r["offer_ms"] for r in results if r.get("offer_ms") is not None], (0.5, 0.95)
+        ),
         "connect_ms": _quantiles(
             [r["connect_ms"] for r in results if r["connect_ms"] is not None], (0.5, 0.95)
         ),
@@ -686,6 +689,8 @@ def summary_table(report: dict[str, Any]) -> str:
             f"{report['loss_pct']} % / {report['loss_pct_before_recovery']} %",
         ),
         ("latency p50/p95/p99 ms", "/".join(str(v) for v in report["latency_ms"].values())),
+        ("offer p50/p95 ms", "/".join(str(v) for v in report["offer_ms"].values())),
+        ("connect p50/p95 ms", "/".join(str(v) for v in report["connect_ms"].values())),
         ("first frame p50/p95 ms", "/".join(str(v) for v in report["first_frame_ms"].values())),
         ("freezes", f"{report['freezes']} ({report['freeze_s']} s)"),
         ("keyframe requests to publisher", str(report["keyframe_requests_to_publisher"])),

@@ -799,6 +799,7 @@ def _delivery_rows(report: Obj) -> Rows:
         ),
         ("Latency p50 / p95 / p99", _percentiles(report.get("latency_ms"), ("p50", "p95", "p99"))),
         ("First frame p50 / p95", _percentiles(report.get("first_frame_ms"), ("p50", "p95"))),
+        ("Offer p50 / p95", _percentiles(report.get("offer_ms"), ("p50", "p95"))),
         ("Connect p50 / p95", _percentiles(report.get("connect_ms"), ("p50", "p95"))),
         ("Jitter p50 / p95", _percentiles(report.get("jitter_ms"), ("p50", "p95"))),
         ("Freezes (gaps > 200 ms)", _freezes(report)),

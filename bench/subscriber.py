@@ -192,6 +192,7 @@ class LeanSubscriber:
         self.params: dict[str, RTCRtpReceiveParameters] = {}
         self.rtcp_ssrc = 0
         self.join_sent = 0.0
+        self.offer_at: float | None = None
         self.connected_at: float | None = None
         self.first_keyframe_at: float | None = None
         self.stats = SubscriberStats()
@@ -226,6 +227,8 @@ class LeanSubscriber:
                 data = json.loads(message.data)
                 kind = data.get("type")
                 if kind == "offer":
+                    if self.offer_at is None:
+                        self.offer_at = time.time()
                     await self._answer(data)
                 elif kind == "error":
                     self.error = f"{data.get('code')}: {data.get('message')}"
@@ -557,6 +560,7 @@ class LeanSubscriber:
         jitter = [s.reception.jitter / s.clock_rate * 1000 for s in self.stream_list if s.video]
         return {
             "id": self.name,
+            "offer_ms": _ms(self.offer_at, self.join_sent),
             "connect_ms": _ms(self.connected_at, self.join_sent),
             "first_frame_ms": _ms(self.first_keyframe_at, self.join_sent),
             "packets": stats.packets,
