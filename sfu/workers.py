@@ -288,7 +288,8 @@ class Worker:
         process starts sending once it confirmed, so the first packets (the
         cached keyframe) are not dropped as unknown.
         """
-        assert self.relay is not None
+        if not self.alive or self.relay is None:
+            raise SfuError("worker-lost", f"{self.name} is not running")
         if producer_id in self.relay.consumers:
             return
         stream = self.relay.add(producer_id)
@@ -325,6 +326,8 @@ class Worker:
         self._forget()
         if self._channel is not None:
             self._channel.close()
+        if self.process.pid is None:
+            return  # never started (a replacement cancelled at shutdown)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.process.join, 5.0)
         if self.process.is_alive():
