@@ -464,27 +464,13 @@ class Router:
                     self._start(consumer, producer, ext_seq, ts)
                 elif late and ext_seq < consumer.start_seq:
                     continue  # from before this consumer's start: its number is taken
+                seq = (ext_seq + consumer.seq_offset) & 0xFFFF
+                out_ts = (ts + consumer.ts_offset) & _U32
                 send_header = consumer.send_header
                 if send_header is not None:
-                    send_header(
-                        b0,
-                        b1,
-                        (ext_seq + consumer.seq_offset) & 0xFFFF,
-                        (ts + consumer.ts_offset) & _U32,
-                        consumer.ssrc,
-                        tail,
-                    )
+                    send_header(b0, b1, seq, out_ts, consumer.ssrc, tail)
                 else:
-                    consumer.sink.send_rtp(
-                        pack(
-                            b0,
-                            b1,
-                            (ext_seq + consumer.seq_offset) & 0xFFFF,
-                            (ts + consumer.ts_offset) & _U32,
-                            consumer.ssrc,
-                        )
-                        + tail
-                    )
+                    consumer.sink.send_rtp(pack(b0, b1, seq, out_ts, consumer.ssrc) + tail)
                 cstats = consumer.stats
                 cstats.packets += 1
                 cstats.bytes += size

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import uvloop
+from signaling_client import wait_until
 
 from bench.clients import Subscriber, publish
 from bench.synthetic import PatternVideoTrack, ToneAudioTrack
@@ -24,15 +25,6 @@ WIDTH, HEIGHT = 320, 240
 
 def config() -> SfuConfig:
     return SfuConfig(candidate_addresses=["127.0.0.1"], router=RouterConfig())
-
-
-async def wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return bool(predicate())
 
 
 class LossySink(RelaySink):
@@ -107,7 +99,7 @@ async def test_cluster_spreads_subscribers_over_worker_processes() -> None:
         subs = [Subscriber(sfu, f"s{i}") for i in range(6)]
         try:
             await asyncio.gather(*(s.connect([p.id for p in producers]) for s in subs))
-            assert await wait_for(
+            assert await wait_until(
                 lambda: all(
                     s.track("video").frames >= 30 and s.track("audio").frames >= 50 for s in subs
                 ),
@@ -144,7 +136,7 @@ async def test_a_dead_worker_loses_only_its_subscribers_and_is_replaced() -> Non
         late: Subscriber | None = None
         try:
             await asyncio.gather(*(s.connect(sources) for s in subs))
-            assert await wait_for(lambda: all(s.track("video").frames >= 20 for s in subs), 20)
+            assert await wait_until(lambda: all(s.track("video").frames >= 20 for s in subs), 20)
             victim = sfu.workers[0]
             victims = sorted(victim.peers)
             survivors = [s for s in subs if s.id not in victims]
@@ -153,7 +145,7 @@ async def test_a_dead_worker_loses_only_its_subscribers_and_is_replaced() -> Non
             killed_at = time.monotonic()
             assert victim.process.pid is not None
             os.kill(victim.process.pid, signal.SIGKILL)
-            assert await wait_for(lambda: bool(lost), 10)
+            assert await wait_until(lambda: bool(lost), 10)
             assert lost == [victims]
             # The other worker's subscribers never noticed.
             await asyncio.sleep(2)
@@ -162,13 +154,13 @@ async def test_a_dead_worker_loses_only_its_subscribers_and_is_replaced() -> Non
                 assert track.frames >= before[s.id] + 40, (before[s.id], track.frames)
                 assert track.longest_gap(since=killed_at) < 0.5
             # A replacement worker takes new subscribers.
-            assert await wait_for(lambda: all(w.alive for w in sfu.workers), 20)
+            assert await wait_until(lambda: all(w.alive for w in sfu.workers), 20)
             assert sfu.workers[0] is not victim
             assert sfu.peer_counts()["subscriber"] == 2
             late = Subscriber(sfu, "late")
             await late.connect(sources)
             assert late.id in sfu.workers[0].peers
-            assert await wait_for(lambda: late.track("video").frames >= 20, 20)
+            assert await wait_until(lambda: late.track("video").frames >= 20, 20)
         finally:
             for s in [*subs, *([late] if late else [])]:
                 await s.close()
