@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from browser import ARTIFACTS, chromium, wait_js, write_y4m
@@ -178,12 +179,16 @@ async def test_browser_viewers_on_media_workers_survive_a_worker_crash(tmp_path:
             survivor_peer = members["District hospital 2"].subscribe_peer
             old_peer = members["District hospital 1"].subscribe_peer
             assert victim.process.pid is not None
+            killed = time.monotonic()
             os.kill(victim.process.pid, signal.SIGKILL)
             # The crashed worker's viewer gets a new subscribe connection and plays.
             assert await wait_until(
                 lambda: members["District hospital 1"].subscribe_peer not in (None, old_peer), 15
             )
             await plays(viewers[0])
+            back_after = time.monotonic() - killed
+            print(f"viewer playing again {back_after:.2f} s after its worker was killed")
+            assert back_after < 10, back_after
             assert await viewers[0].evaluate("() => window.telebridge.state") == "joined"
             # The other viewer kept its connection and kept playing.
             assert members["District hospital 2"].subscribe_peer == survivor_peer
