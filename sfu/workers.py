@@ -105,10 +105,10 @@ def worker_main(conn: Connection, config: SfuConfig, name: str, verbose: bool = 
     logging.getLogger("aioice").setLevel(logging.WARNING)
     try:
         import uvloop
-
-        uvloop.run(_worker(conn, config))
     except ImportError:
         asyncio.run(_worker(conn, config))
+        return
+    uvloop.run(_worker(conn, config))
 
 
 async def _worker(conn: Connection, config: SfuConfig) -> None:
