@@ -747,7 +747,11 @@ export class TelebridgeSession extends EventTarget {
     if (conn !== this.connId) return;
     // `restart`: the offer is from a new server-side connection (first offer,
     // or the old one's media worker was lost): the previous one is useless.
-    if (message.restart && this.subscribePc) this.closeSubscribeConnection();
+    if (message.restart && this.subscribePc) {
+      const chain = this.offerChain; // this offer is on it: later ones still wait for it
+      this.closeSubscribeConnection();
+      this.offerChain = chain;
+    }
     const pc = this.ensureSubscribeConnection();
     // Set first: `track` events fire during setRemoteDescription.
     this.offerTracks = Array.isArray(message.tracks) ? message.tracks : [];
