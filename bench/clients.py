@@ -110,7 +110,6 @@ class NackRetrier:
     """
 
     def __init__(self, receiver: RTCRtpReceiver, interval: float, max_retries: int = 10) -> None:
-        self.receiver = receiver
         self.interval = interval
         self.max_retries = max_retries
         self.generator = getattr(receiver, "_RTCRtpReceiver__nack_generator", None)

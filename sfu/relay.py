@@ -223,15 +223,7 @@ class RelayOut:
         result = rtcp.parse_compound(data)
         self.endpoint.malformed += result.malformed
         for packet in result.packets:
-            if isinstance(packet, rtcp.Nack | rtcp.Pli):
-                targets = [packet.media_ssrc]
-            elif isinstance(packet, rtcp.Fir):
-                targets = [ssrc for ssrc, _ in packet.entries]
-            elif isinstance(packet, rtcp.ReceiverReport):
-                targets = [block.ssrc for block in packet.reports]
-            else:
-                continue
-            for ssrc in targets:
+            for ssrc in rtcp.feedback_ssrcs(packet):
                 consumer_id = self._by_ssrc.get(ssrc)
                 if consumer_id is not None:
                     self.sfu.local_feedback(consumer_id, packet)

@@ -226,6 +226,22 @@ class _Malformed(Exception):
 # --------------------------------------------------------------------------
 
 
+def feedback_ssrcs(packet: RtcpPacket) -> tuple[int, ...]:
+    """The media SSRCs a packet gives feedback about, in order.
+
+    A NACK's or PLI's media source (RFC 4585 §6.1), a FIR's entries
+    (RFC 5104 §4.3.1), a sender or receiver report's blocks (RFC 3550
+    §6.4); nothing for the other types.
+    """
+    if isinstance(packet, Nack | Pli):
+        return (packet.media_ssrc,)
+    if isinstance(packet, Fir):
+        return tuple(ssrc for ssrc, _ in packet.entries)
+    if isinstance(packet, SenderReport | ReceiverReport):
+        return tuple(block.ssrc for block in packet.reports)
+    return ()
+
+
 def is_rtcp(data: bytes | bytearray | memoryview) -> bool:
     """Tell RTCP from RTP on a port shared per RFC 5761 §4.
 

@@ -364,23 +364,24 @@ class Sfu:
         subscribers are offered ``codec`` (the publisher's negotiated one).
         Upstream NACKs, PLIs and receiver reports go to ``sink``.
         """
-        from sfu.relay import RELAY_ABS_SEND_TIME_EXT, RELAY_AUDIO_LEVEL_EXT, RELAY_PAYLOAD_TYPES
+        from sfu.relay import relay_layout
 
         info = codec_info(codec.mimeType)
         if info is None or ("video" if info.is_video else "audio") != kind:
             raise SfuError("codec-unsupported", f"cannot relay {kind} as {codec.mimeType}")
         if producer_id in self.router.producers:
             raise SfuError("peer-exists", f"track {producer_id!r} exists")
+        layout = relay_layout(kind)  # what the sending end writes
         producer = Producer(
             producer_id=producer_id,
             codec=info,
-            payload_type=RELAY_PAYLOAD_TYPES[kind],
+            payload_type=layout.payload_type,
             ssrc=ssrc,
             sink=sink,
             rtcp_ssrc=random.randrange(1, 1 << 32),
             config=self.router.config,
-            audio_level_ext_id=RELAY_AUDIO_LEVEL_EXT if kind == "audio" else None,
-            abs_send_time_ext_id=RELAY_ABS_SEND_TIME_EXT,
+            audio_level_ext_id=layout.audio_level_ext_id,
+            abs_send_time_ext_id=layout.abs_send_time_ext_id,
         )
         self.router.add_producer(producer)
         self._negotiated[producer_id] = codec
@@ -725,29 +726,13 @@ class Sfu:
                 producer = peer.by_ssrc.get(packet.ssrc)
                 if producer is not None:
                     router.on_sender_report(producer, packet, now)
-                if packet.reports:
-                    self._subscriber_reports(peer, packet, now)
-            elif isinstance(packet, rtcp.ReceiverReport):
-                self._subscriber_reports(peer, packet, now)
-            elif isinstance(packet, rtcp.Nack | rtcp.Pli):
-                consumer = peer.consumers.get(packet.media_ssrc)
-                if consumer is not None:
+            # Each consumer once per packet (its media and RTX SSRCs map to it).
+            seen: set[int] = set()
+            for ssrc in rtcp.feedback_ssrcs(packet):
+                consumer = peer.consumers.get(ssrc)
+                if consumer is not None and id(consumer) not in seen:
+                    seen.add(id(consumer))
                     router.on_subscriber_rtcp(consumer, packet, now)
-            elif isinstance(packet, rtcp.Fir):
-                for ssrc, _seq in packet.entries:
-                    consumer = peer.consumers.get(ssrc)
-                    if consumer is not None:
-                        router.on_subscriber_rtcp(consumer, packet, now)
-
-    def _subscriber_reports(
-        self, peer: Peer, packet: rtcp.ReceiverReport | rtcp.SenderReport, now: float
-    ) -> None:
-        seen: set[int] = set()
-        for block in packet.reports:
-            consumer = peer.consumers.get(block.ssrc)
-            if consumer is not None and id(consumer) not in seen:
-                seen.add(id(consumer))
-                self.router.on_subscriber_rtcp(consumer, packet, now)
 
     # ---------------------------------------------------------------- timers
 

@@ -541,9 +541,14 @@ class ClusterSfu(Sfu):
         merged["workers"] = []
         for worker in self.workers:
             snapshot = worker.stats if worker.alive else {}
-            for key in ("subscribers", "send_dropped", "send_errors", "unknown_ssrc"):
+            for key in (
+                "subscribers",
+                "send_dropped",
+                "send_errors",
+                "unknown_ssrc",
+                "malformed_rtcp",
+            ):
                 merged[key] += snapshot.get(key, 0)
-            merged["malformed_rtcp"] += snapshot.get("malformed_rtcp", 0)
             merged["consumers"] += snapshot.get("consumers", [])
             merged["workers"].append(
                 {

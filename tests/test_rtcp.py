@@ -33,6 +33,7 @@ from sfu.rtcp import (
     build_rr,
     build_sdes_cname,
     build_sr,
+    feedback_ssrcs,
     is_rtcp,
     ntp_from_unix,
     ntp_middle32,
@@ -832,3 +833,19 @@ def test_ntp_middle32() -> None:
     assert ntp_middle32(0xE93C_DA00_8000_0000) == 0xDA00_8000
     assert ntp_middle32(0) == 0
     assert ntp_middle32((1 << 64) - 1) == 0xFFFF_FFFF
+
+
+def test_feedback_ssrcs_names_the_media_each_packet_is_about() -> None:
+    block = ReportBlock(0x22, 0, 0, 0, 0, 0, 0)
+    nack = parse_compound(build_nack(1, 0x11, [5])).packets[0]
+    pli = parse_compound(build_pli(1, 0x12)).packets[0]
+    fir = parse_compound(build_fir(1, 0x13, 0)).packets[0]
+    rr = parse_compound(build_rr(1, [block])).packets[0]
+    sdes = parse_compound(build_sdes_cname(1, "x")).packets[0]
+    assert [feedback_ssrcs(p) for p in (nack, pli, fir, rr, sdes)] == [
+        (0x11,),
+        (0x12,),
+        (0x13,),
+        (0x22,),
+        (),
+    ]
