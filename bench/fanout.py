@@ -2,14 +2,21 @@
 
 One producer fans 1,200-byte VP8 packets out to N consumers through the real
 :class:`sfu.router.Router` and real :class:`sfu.transport.SrtpSink` objects:
-per copy, the header rewrite, one libsrtp protect (AES128_CM_SHA1_80, as
-Chromium negotiates) and one ``sendto`` on a loopback UDP socket. A child
+per copy, the header rewrite, one libsrtp protect (AES128_CM_SHA1_80, which
+Chromium picks where it is the DTLS server, on its publishing connection; on
+the SFU's subscriber connections the SFU is the DTLS server and Chromium gets
+AEAD_AES_256_GCM, which protects a 1,200-byte packet at about the same cost
+on the development box) and one send on a loopback UDP socket. A child
 process drains the receiving sockets so that the kernel really delivers.
 
 The CPU time of the sending thread (``time.thread_time``) is divided by the
 number of copies. Variants measured in the same run, for ratios:
 
-* ``full``: rewrite + protect + sendto (what the SFU does per copy);
+* ``full``: rewrite + protect + sendto, all copies on one socket;
+* ``own_socket``: the same with one unconnected socket per subscriber, as
+  aiortc binds them (what the SFU did per copy before 2026-12-03);
+* ``connected``: the same with each subscriber's socket connected to its
+  receiver and ``send`` (what the SFU's subscriber sinks do now);
 * ``rewrite``: rewrite only (sinks discard), the core's share;
 * ``floor``: protect + sendto of the same bytes per copy in a bare loop, the
   least any Python forwarder on this socket API can spend;
@@ -131,22 +138,47 @@ def _vp8_stream(packets: int) -> list[bytes]:
     return stream
 
 
-def _setup(subscribers: int, ports: list[int], null: bool) -> tuple[Router, Producer]:
+def _setup(
+    subscribers: int, ports: list[int], null: bool, sockets: str = "shared"
+) -> tuple[Router, Producer, list[socket.socket]]:
+    """A router fanning out to ``subscribers`` sinks.
+
+    ``sockets``: ``shared`` (one socket for all), ``own_socket`` or ``connected``.
+    """
     router = Router(RouterConfig(video_cache_packets=4096))
     producer = Producer("pub:0", SUPPORTED["video/vp8"], 96, 0x1234, _NullSink(), 1, router.config)
     router.add_producer(producer)
     layout = Layout(96, "0", 1, None, None)
-    sock = _sending_socket()
+    opened = [_sending_socket()]
     for i in range(subscribers):
         sink: Any
         if null:
             sink = _NullSink()
         else:
             sink = SrtpSink()
-            sink.attach(_session(), sock, ("127.0.0.1", ports[i % len(ports)]))
+            addr = ("127.0.0.1", ports[i % len(ports)])
+            sock = opened[0]
+            if sockets != "shared":
+                sock = _sending_socket()
+                opened.append(sock)
+                if sockets == "connected":
+                    sock.connect(addr)
+            sink.attach(_session(), sock, addr, connected=sockets == "connected")
         consumer = Consumer(f"s{i}:0", "video", 0x10000 + i, sink, layout, i * 7, i * 11)
         router.add_consumer(consumer, "pub:0", 0.0)
-    return router, producer
+    return router, producer, opened
+
+
+def _run_setup(
+    subscribers: int, ports: list[int], packets: list[bytes], null: bool, sockets: str = "shared"
+) -> float:
+    """µs per copy through the router for one :func:`_setup`."""
+    router, producer, opened = _setup(subscribers, ports, null, sockets)
+    try:
+        return _run_router(router, producer, packets) / (subscribers * len(packets)) * 1e6
+    finally:
+        for sock in opened:
+            sock.close()
 
 
 def _run_router(router: Router, producer: Producer, packets: list[bytes]) -> float:
@@ -241,16 +273,19 @@ def run_microbench(
         stream = _vp8_stream(packets)
         samples: dict[str, list[float]] = {
             "full": [],
+            "own_socket": [],
+            "connected": [],
             "rewrite": [],
             "floor": [],
             "aiortc_serialize": [],
         }
         copies = subscribers * packets
         for _ in range(repeats):
-            router, producer = _setup(subscribers, ports, null=False)
-            samples["full"].append(_run_router(router, producer, stream) / copies * 1e6)
-            router, producer = _setup(subscribers, ports, null=True)
-            samples["rewrite"].append(_run_router(router, producer, stream) / copies * 1e6)
+            samples["full"].append(_run_setup(subscribers, ports, stream, null=False))
+            for sockets in ("own_socket", "connected"):
+                sample = _run_setup(subscribers, ports, stream, null=False, sockets=sockets)
+                samples[sockets].append(sample)
+            samples["rewrite"].append(_run_setup(subscribers, ports, stream, null=True))
             samples["floor"].append(_run_floor(subscribers, ports, stream) / copies * 1e6)
             samples["aiortc_serialize"].append(
                 _run_aiortc(subscribers, ports, stream) / copies * 1e6

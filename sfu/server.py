@@ -582,7 +582,9 @@ class Sfu:
             self.config.candidate_addresses, on_rtp, on_rtcp, on_sender_ready, on_receiver_ready
         )
         now = self._clock()
-        peer = Peer(peer_id, role, pc, PeerSink(pc), now, now)
+        # The SFU offers (and so controls ICE) on subscriber connections only.
+        sink = PeerSink(pc, connect=role == "subscriber")
+        peer = Peer(peer_id, role, pc, sink, now, now)
         holder.append(peer)
         self.peers[peer_id] = peer
 

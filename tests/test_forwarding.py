@@ -42,8 +42,9 @@ async def test_five_subscribers_decode_forwarded_audio_and_video(sfu: Sfu, codec
     try:
         await asyncio.gather(*(s.connect([p.id for p in producers]) for s in subs))
         ok = await wait_for(
-            lambda: all(s.track("video").frames >= 30 and s.track("audio").frames >= 50
-                        for s in subs),
+            lambda: all(
+                s.track("video").frames >= 30 and s.track("audio").frames >= 50 for s in subs
+            ),
             timeout=20,
         )
         assert ok, [(s.track("video").frames, s.track("audio").frames) for s in subs]
@@ -59,6 +60,21 @@ async def test_five_subscribers_decode_forwarded_audio_and_video(sfu: Sfu, codec
                 assert transceiver.receiver._RTCRtpReceiver__decoder_thread is None
                 assert transceiver.sender._RTCRtpSender__encoder is None
         assert decoder_threads() == 2 * len(subs)
+        # Subscriber connections (the SFU offers and controls ICE) send on a
+        # socket connected to the nominated remote; the publisher's, where
+        # the other side may nominate another pair, stays unconnected.
+        for peer in sfu.peers.values():
+            pair = peer.pc.getTransceivers()[0].receiver.transport.transport._connection._nominated[
+                1
+            ]
+            media_socket = peer.sink._sock
+            assert media_socket is not None
+            if peer.role == "subscriber":
+                assert media_socket.getpeername() == pair.remote_addr
+            else:
+                with pytest.raises(OSError):
+                    media_socket.getpeername()
+
         # Subscribers get sender reports translated from the publisher's: the
         # NTP time is current and the counts are those of their own stream.
         async def remote_outbound(sub: Subscriber) -> list[object]:
@@ -292,9 +308,7 @@ async def test_bad_input_is_counted_and_dropped(sfu: Sfu) -> None:
     try:
         await asyncio.gather(*(s.connect([p.id for p in producers]) for s in subs))
         assert await wait_for(lambda: all(s.track("video").frames > 5 for s in subs), timeout=10)
-        video_ssrc = next(
-            t.sender._ssrc for t in pub.getTransceivers() if t.kind == "video"
-        )
+        video_ssrc = next(t.sender._ssrc for t in pub.getTransceivers() if t.kind == "video")
         dtls = pub.getTransceivers()[0].sender.transport
         send = dtls.transport._send
 

@@ -45,6 +45,20 @@ def test_in_place_protect_matches_session_protect(profile: int, key_length: int)
         public.protect(bytes(12 + 1400))
 
 
+def test_protectors_sharing_the_scratch_buffer_each_produce_their_own_packets() -> None:
+    """Many subscribers' protectors, one buffer: interleaved, each output is exact."""
+    profile, key_length = PROFILES[2]
+    keys = [os.urandom(key_length) for _ in range(3)]
+    public = [session(key, profile, Policy.SSRC_ANY_OUTBOUND) for key in keys]
+    fast = [InPlaceProtector(session(key, profile, Policy.SSRC_ANY_OUTBOUND)) for key in keys]
+    for seq in range(20):
+        tail = os.urandom(100 + 37 * seq)
+        for index in range(3):
+            header = struct.pack("!BBHII", 0x80, 0x60, seq, 3000 * seq, 0x100 + index)
+            got = fast[index].protect(0x80, 0x60, seq, 3000 * seq, 0x100 + index, tail)
+            assert got is not None and bytes(got) == public[index].protect(header + tail)
+
+
 def test_sink_sends_in_place_protected_packets_a_receiver_can_read() -> None:
     key = os.urandom(30)
     profile = Policy.SRTP_PROFILE_AES128_CM_SHA1_80
