@@ -18,7 +18,7 @@ with that subscriber's sequence number, timestamp and SSRC.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -98,6 +98,11 @@ class RouterConfig:
     nack_max_retries: int = 5
     #: Ceiling of the REMB sent to video publishers (bits per second).
     max_publisher_bitrate: int = 8_000_000
+    #: Repairs (NACK answers, each copy counted) a subscriber earns per packet
+    #: forwarded to it: its retransmissions stay under this share of its stream.
+    repair_ratio: float = 0.5
+    #: Repairs a subscriber may spend at once (a whole lost 1080p keyframe: ~100-250 packets).
+    repair_burst: int = 256
 
 
 @dataclass(slots=True)
@@ -120,6 +125,8 @@ class ConsumerStats:
     retransmitted: int = 0
     nack_misses: int = 0
     keyframe_requests: int = 0
+    #: NACKed packets not resent because the subscriber's repair budget was spent.
+    repairs_shed: int = 0
 
 
 @dataclass(slots=True)
@@ -258,6 +265,9 @@ class Consumer:
     last_sr_time: float = 0.0
     last_rtcp: float = 0.0
     resent: dict[int, float] = field(default_factory=dict)
+    #: Repairs the subscriber may still spend, and ``stats.packets`` when that was counted.
+    repair_credit: float = -1.0
+    repair_mark: int = 0
     closed: bool = False
     #: The sink's ``send_rtp_header`` if it has one (set by the router).
     send_header: HeaderSend | None = None
@@ -630,8 +640,7 @@ class Router:
         consumer.last_rtcp = now
         if isinstance(packet, rtcp.Nack):
             consumer.stats.nacks += 1
-            for seq in packet.lost:
-                self._retransmit(consumer, seq, now)
+            self._answer_nack(consumer, packet.lost, now)
         elif isinstance(packet, rtcp.Pli | rtcp.Fir):
             consumer.stats.keyframe_requests += 1
             if consumer.source is not None:
@@ -644,15 +653,58 @@ class Router:
                         previous = consumer.rtt
                         consumer.rtt = rtt if previous is None else 0.8 * previous + 0.2 * rtt
 
-    def _retransmit(self, consumer: Consumer, out_seq: int, now: float) -> None:
-        """Answer a subscriber's NACK from the producer's cache (RTX when negotiated)."""
+    def _answer_nack(self, consumer: Consumer, lost: Sequence[int], now: float) -> None:
+        """Resend what a subscriber's NACK lists, within its repair budget.
+
+        Each resent packet costs ``copies`` from the budget (see
+        :meth:`_repair_credit`); once it is spent the rest of the list is
+        counted as shed without being looked at, so a flood of NACKs from a
+        subscriber that lost most of its stream costs little beyond parsing it.
+        """
+        # A far subscriber gets two copies: a lost repair would cost it
+        # another round trip, longer than its playout delay covers.
+        copies = 2 if consumer.rtt is not None and consumer.rtt >= _FAR_RTT else 1
+        credit = self._repair_credit(consumer)
+        for index, out_seq in enumerate(lost):
+            if credit < copies:
+                consumer.stats.repairs_shed += len(lost) - index
+                break
+            if self._retransmit(consumer, out_seq, copies, now):
+                credit -= copies
+        consumer.repair_credit = credit
+
+    def _repair_credit(self, consumer: Consumer) -> float:
+        """The subscriber's repair budget now: a token bucket filled by forwarding.
+
+        Each packet sent to the subscriber earns ``repair_ratio`` repairs, up
+        to ``repair_burst`` (the bucket starts full). A subscriber on a bad
+        link loses a few per cent and is repaired in full; one that loses
+        most of its stream (its link is far below the feed, or the server is
+        past saturation, where each loss becomes a NACK and each NACK a
+        send) adds at most this share again instead of feeding the overload.
+        Computed per NACK: the per-copy fan-out never touches it.
+        """
+        config = self.config
+        sent = consumer.stats.packets
+        earned = (sent - consumer.repair_mark) * config.repair_ratio
+        consumer.repair_mark = sent
+        if consumer.repair_credit < 0:
+            return float(config.repair_burst)
+        return min(float(config.repair_burst), consumer.repair_credit + earned)
+
+    def _retransmit(self, consumer: Consumer, out_seq: int, copies: int, now: float) -> bool:
+        """Resend one NACKed packet from the producer's cache (RTX when negotiated).
+
+        True if it was sent (``copies`` times), False if it was repaired
+        within the last round trip or is not in the cache.
+        """
         last = consumer.resent.get(out_seq)
         if last is not None and now - last < max(consumer.rtt or 0.0, 0.005):
-            return  # RFC 4585 §3.5.4: one repair per round trip is enough
+            return False  # RFC 4585 §3.5.4: one repair per round trip is enough
         highest = consumer.out_highest()
         if highest < 0:
             consumer.stats.nack_misses += 1
-            return
+            return False
         out_ext = highest - ((highest - out_seq) & 0xFFFF)
         segment = None
         for candidate in reversed(consumer.segments):
@@ -661,7 +713,7 @@ class Router:
                 break
         if segment is None:
             consumer.stats.nack_misses += 1
-            return
+            return False
         src_ext = out_ext - segment.seq_offset
         producer = segment.producer
         data = producer.cache.get(src_ext)
@@ -672,20 +724,17 @@ class Router:
                 # again. A packet still missing upstream is not: it is being
                 # NACKed upstream and is forwarded when it comes.
                 self.request_keyframe(producer.id, now)
-            return
+            return False
         out = self._rewrite_for(
             consumer, producer, data, src_ext, segment.seq_offset, segment.ts_offset
         )
         if out is None:
-            return
+            return False
         if len(consumer.resent) >= _MAX_RESENT:
             consumer.resent.clear()
         consumer.resent[out_seq] = now
         consumer.stats.retransmitted += 1
-        # A far subscriber gets two copies: a lost repair would cost it
-        # another round trip, longer than its playout delay covers.
-        far = consumer.rtt is not None and consumer.rtt >= _FAR_RTT
-        for _ in range(2 if far else 1):
+        for _ in range(copies):
             if consumer.rtx_payload_type is not None and consumer.rtx_ssrc is not None:
                 consumer.sink.send_rtp(
                     wrap_rtx(
@@ -695,6 +744,7 @@ class Router:
                 consumer.rtx_seq += 1
             else:
                 consumer.sink.send_rtp(out)
+        return True
 
     def on_sender_report(self, producer: Producer, report: rtcp.SenderReport, now: float) -> None:
         """A publisher's SR: kept for lip-sync translation and for our RR's LSR/DLSR."""

@@ -31,6 +31,11 @@ COUNTERS = (
         "out_retransmitted",
     ),
     ("telebridge_nack_misses", "NACKed packets no longer in the cache", "out_nack_misses"),
+    (
+        "telebridge_repairs_shed",
+        "NACKed packets not resent: the subscriber's repair budget was spent",
+        "out_repairs_shed",
+    ),
     ("telebridge_nacks_sent", "NACK packets sent to publishers", "in_nacks_sent"),
     (
         "telebridge_keyframe_requests",

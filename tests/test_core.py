@@ -1265,6 +1265,52 @@ def test_nack_repeat_within_rtt_is_ignored() -> None:
     assert c.stats.retransmitted == 2
 
 
+def test_repairs_are_capped_by_the_subscribers_repair_budget() -> None:
+    """A subscriber losing most of its stream cannot turn every loss into a send."""
+    router = Router(small_config(repair_burst=4, repair_ratio=0.25))
+    a, _ = video_producer(router, "A", 0xA0)
+    c, c_sink = consumer("c", 0xC0, initial_seq=1000)
+    router.add_consumer(c, "A", 0.0)
+    router.on_rtp(a, vp8_rtp(1, 3000, 0xA0, "key", marker=True), 0.0)
+    for seq in range(2, 41):
+        router.on_rtp(a, vp8_rtp(seq, 3000 * seq, 0xA0, "delta", marker=True), seq / 30)
+    assert len(c_sink.rtp) == 40
+    # It reports ten of them lost: the full bucket (4) is resent, the rest shed.
+    router.on_subscriber_rtcp(c, rtcp.Nack(0x5EED, c.ssrc, tuple(range(1010, 1020))), 2.0)
+    resent = [decode(p).seq for p in c_sink.rtp[40:]]
+    assert resent == [1010, 1011, 1012, 1013]
+    assert (c.stats.retransmitted, c.stats.repairs_shed) == (4, 6)
+    # Eight more packets forwarded earn two repairs (0.25 each).
+    for seq in range(41, 49):
+        router.on_rtp(a, vp8_rtp(seq, 3000 * seq, 0xA0, "delta", marker=True), seq / 30)
+    n = len(c_sink.rtp)
+    router.on_subscriber_rtcp(c, rtcp.Nack(0x5EED, c.ssrc, (1020, 1021, 1022)), 2.5)
+    assert [decode(p).seq for p in c_sink.rtp[n:]] == [1020, 1021]
+    assert (c.stats.retransmitted, c.stats.repairs_shed) == (6, 7)
+    # A far subscriber's repair is sent twice and costs two.
+    c.rtt = 0.3
+    for seq in range(49, 57):
+        router.on_rtp(a, vp8_rtp(seq, 3000 * seq, 0xA0, "delta", marker=True), seq / 30)
+    n = len(c_sink.rtp)
+    router.on_subscriber_rtcp(c, rtcp.Nack(0x5EED, c.ssrc, (1040, 1041)), 3.0)
+    assert [decode(p).seq for p in c_sink.rtp[n:]] == [1040, 1040]
+    assert c.stats.repairs_shed == 8
+
+
+def test_ordinary_loss_is_repaired_in_full_under_the_default_budget() -> None:
+    router = Router(small_config())
+    a, _ = video_producer(router, "A", 0xA0)
+    c, c_sink = consumer("c", 0xC0, initial_seq=0)
+    router.add_consumer(c, "A", 0.0)
+    router.on_rtp(a, vp8_rtp(1, 3000, 0xA0, "key", marker=True), 0.0)
+    for seq in range(2, 2001):  # 2,000 packets, a 5 % loss reported as it happens
+        router.on_rtp(a, vp8_rtp(seq, 3000 * seq, 0xA0, "delta", marker=True), seq / 200)
+        if seq % 20 == 0:
+            router.on_subscriber_rtcp(c, rtcp.Nack(0x5EED, c.ssrc, (seq - 5,)), seq / 200)
+    assert c.stats.retransmitted == 100 and c.stats.repairs_shed == 0
+    assert len(c_sink.rtp) == 2100
+
+
 def test_nack_for_evicted_or_unknown_packet_is_a_miss() -> None:
     sw = _switched(rtx=False)
     router, c, sink = sw.router, sw.c, sw.c_sink
