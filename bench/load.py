@@ -188,10 +188,9 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
-def process_tree_cpu(pid: int) -> tuple[float, float]:
-    """(CPU seconds, RSS MiB) of a process and its live children, from /proc."""
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its live children, from /proc."""
     cpu = 0.0
-    rss = 0.0
     for member in process_tree(pid):
         try:
             stat = (Path("/proc") / str(member) / "stat").read_text()
@@ -199,8 +198,40 @@ def process_tree_cpu(pid: int) -> tuple[float, float]:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()
         cpu += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        rss += int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
-    return cpu, rss
+    return cpu
+
+
+def process_tree_memory(pid: int) -> tuple[float, float | None]:
+    """(RSS MiB, PSS MiB or None) of a process and its live children, from /proc.
+
+    RSS counts every resident page of each process, so the shared libraries
+    and copy-on-write pages that several worker processes map are counted
+    once per process. PSS (proportional set size, ``smaps_rollup``, Linux
+    4.14+) splits each shared page between the processes that map it: the
+    sum over the tree is what the tree costs the machine. None where the
+    kernel has no ``smaps_rollup`` (or it cannot be read).
+    """
+    rss = 0.0
+    pss: float | None = 0.0
+    for member in process_tree(pid):
+        base = Path("/proc") / str(member)
+        try:
+            stat = (base / "stat").read_text()
+        except OSError:
+            continue
+        rss += int(stat[stat.rfind(")") + 2 :].split()[21]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+        if pss is None:
+            continue
+        try:
+            rollup = (base / "smaps_rollup").read_text()
+        except OSError:
+            pss = None
+            continue
+        kib = next(
+            (line.split()[1] for line in rollup.splitlines() if line.startswith("Pss:")), None
+        )
+        pss = None if kib is None else pss + int(kib) / 1024
+    return rss, pss
 
 
 async def server_counters(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
@@ -444,6 +475,8 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
         async with aiohttp.ClientSession() as http:
             token = issue_token(options.secret, room, "presenter", "Bench presenter", 7200)
             await presenter.start(http, url, token)
+            # The server with its publisher and no subscriber: the fixed cost.
+            _, idle_pss = process_tree_memory(spawned.process.pid) if spawned else (0.0, None)
             impaired = round(options.subscribers * options.impair_fraction)
             plans = [
                 SubscriberPlan(
@@ -485,7 +518,7 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
             server_pid = spawned.process.pid if spawned else None
             await asyncio.to_thread(ask, "window")
             counters_start = await server_counters(http, url)
-            cpu_start, _ = process_tree_cpu(server_pid) if server_pid else (0.0, 0.0)
+            cpu_start = process_tree_cpu(server_pid) if server_pid else 0.0
             wall_start = time.monotonic()
             timeline: list[dict[str, Any]] = []
             last_cpu, last_wall, last_bytes = cpu_start, wall_start, 0
@@ -493,7 +526,7 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
                 await asyncio.sleep(1.0)
                 progress = await asyncio.to_thread(ask, "progress")
                 now = time.monotonic()
-                cpu, _ = process_tree_cpu(server_pid) if server_pid else (0.0, 0.0)
+                cpu = process_tree_cpu(server_pid) if server_pid else 0.0
                 received = sum(p["bytes"] for p in progress)
                 sample = {
                     "t": round(now - wall_start, 1),
@@ -518,7 +551,8 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
             collected = await asyncio.to_thread(ask, "collect")
             wall = time.monotonic() - wall_start
             counters_end = await server_counters(http, url)
-            cpu_end, rss = process_tree_cpu(server_pid) if server_pid else (0.0, 0.0)
+            cpu_end = process_tree_cpu(server_pid) if server_pid else 0.0
+            rss, pss = process_tree_memory(server_pid) if server_pid else (0.0, None)
             await asyncio.to_thread(ask, "stop")
     finally:
         for process, _ in workers:
@@ -546,6 +580,11 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
         "telebridge_packets_out_total", 0
     )
     server_cpu = cpu_end - cpu_start
+
+    def counted(name: str) -> int:
+        """A server counter's increase over the measured window."""
+        return int(counters_end.get(name, 0) - counters_start.get(name, 0))
+
     client_cpu = sum(c["cpu_s"] for c in collected)
     client_packets = sum(c["packets"] for c in collected)
     report: dict[str, Any] = {
@@ -591,10 +630,19 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
             "cpu_pct": round(100 * server_cpu / wall, 1) if server_pid else None,
             "rss_mb": round(rss, 1) if server_pid else None,
             "rss_mb_per_subscriber": round(rss / max(1, connected), 3) if server_pid else None,
+            "pss_mb": round(pss, 1) if pss is not None else None,
+            "pss_mb_per_subscriber": round(pss / max(1, connected), 3) if pss is not None else None,
+            "pss_mb_idle": round(idle_pss, 1) if idle_pss is not None else None,
+            "pss_mb_per_subscriber_marginal": round((pss - idle_pss) / max(1, connected), 3)
+            if pss is not None and idle_pss is not None
+            else None,
             "us_per_packet": round(server_cpu * 1e6 / packets_out, 2)
             if server_pid and packets_out
             else None,
             "packets_out": int(packets_out),
+            "retransmissions": counted("telebridge_retransmissions_total"),
+            "repairs_shed": counted("telebridge_repairs_shed_total"),
+            "send_dropped": counted("telebridge_send_dropped_total"),
         },
         "client": {
             "cpu_pct": round(100 * client_cpu / wall, 1),
@@ -700,7 +748,15 @@ def summary_table(report: dict[str, Any]) -> str:
         ),
         (
             "server memory",
-            f"{server['rss_mb']} MiB ({server['rss_mb_per_subscriber']} MiB/subscriber)",
+            f"RSS {server['rss_mb']} MiB ({server['rss_mb_per_subscriber']} MiB/subscriber); "
+            f"PSS {server['pss_mb']} MiB ({server['pss_mb_per_subscriber']} MiB/subscriber, "
+            f"idle {server['pss_mb_idle']} MiB, "
+            f"{server['pss_mb_per_subscriber_marginal']} MiB per added subscriber)",
+        ),
+        (
+            "server repairs",
+            f"{server['retransmissions']} resent, {server['repairs_shed']} over budget, "
+            f"{server['send_dropped']} dropped on send",
         ),
         (
             "client CPU",

@@ -816,11 +816,22 @@ def _server_rows(report: Obj) -> Rows:
     cpu = fmt_cpu(server.get("cpu_pct"))
     rss = _unit(_plain(server.get("rss_mb"), 1), "MiB")
     per = _unit(_plain(server.get("rss_mb_per_subscriber"), 2), "MiB")
+    pss = _unit(_plain(server.get("pss_mb"), 1), "MiB")
+    pss_per = _unit(_plain(server.get("pss_mb_per_subscriber"), 2), "MiB")
+    marginal = _unit(_plain(server.get("pss_mb_per_subscriber_marginal"), 2), "MiB")
     return [
         ("CPU", cpu if cpu == DASH else f"{cpu} of one core"),
         ("CPU per forwarded packet copy", _unit(_plain(server.get("us_per_packet"), 1), "µs")),
         ("Packets forwarded", _count(server.get("packets_out")) or DASH),
-        ("Resident memory", rss if per == DASH else f"{rss} ({per} per subscriber)"),
+        ("Packets resent (NACK answers)", _count(server.get("retransmissions")) or DASH),
+        ("NACKs over the repair budget", _count(server.get("repairs_shed")) or DASH),
+        ("Resident memory (RSS)", rss if per == DASH else f"{rss} ({per} per subscriber)"),
+        (
+            "Proportional memory (PSS)",
+            pss
+            if pss_per == DASH
+            else f"{pss} ({pss_per} per subscriber, {marginal} per added one)",
+        ),
     ]
 
 
