@@ -626,6 +626,7 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
         "freezes": overall["freezes"],
         "freeze_s": overall["freeze_s"],
         "keyframe_requests_to_publisher": presenter.keyframe_requests if presenter else 0,
+        "busy_refusals": sum(r.get("busy_refusals", 0) for r in results),
         "server": {
             "cpu_pct": round(100 * server_cpu / wall, 1) if server_pid else None,
             "rss_mb": round(rss, 1) if server_pid else None,
@@ -742,6 +743,7 @@ def summary_table(report: dict[str, Any]) -> str:
         ("first frame p50/p95 ms", "/".join(str(v) for v in report["first_frame_ms"].values())),
         ("freezes", f"{report['freezes']} ({report['freeze_s']} s)"),
         ("keyframe requests to publisher", str(report["keyframe_requests_to_publisher"])),
+        ("joins refused (server-busy, retried)", str(report["busy_refusals"])),
         (
             "server CPU",
             f"{server['cpu_pct']} % of one core, {server['us_per_packet']} µs/packet copy",

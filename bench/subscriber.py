@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import select
 import socket
 import time
@@ -58,6 +59,17 @@ FREEZE_S = 0.2
 #: How far behind the highest sequence number a late packet is still counted.
 HOLE_WINDOW = 2048
 _TICKS_TO_BINS = 1 / ((1 << 18) * LATENCY_BIN_S)
+#: Joins retried after ``server-busy`` before a subscriber gives up.
+BUSY_RETRIES = 8
+
+
+def busy_backoff(attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds before retry ``attempt`` (0-based): 0.5 s doubling to 10 s, ±20 % jitter."""
+    nominal = min(10.0, 0.5 * 2.0 ** min(attempt, 30))
+    draw = rng.random() if rng is not None else random.random()
+    return min(10.0, nominal * (0.8 + 0.4 * draw))
+
+
 #: At most this many datagrams per socket in one batch (a busy socket waits for the next).
 MAX_ROUNDS = 256
 #: How often NACK retries are due and receiver reports (every second) are checked.
@@ -201,6 +213,8 @@ class LeanSubscriber:
         self.protocol: Any = None
         self.remote: tuple[str, int] | None = None
         self.error: str | None = None
+        #: Joins the server refused with ``server-busy`` (each retried).
+        self.busy_refusals = 0
         self._last_pli = 0.0
         self._task: asyncio.Task[None] | None = None
         #: aioice's own receive function per socket, before impairment wrapping.
@@ -217,9 +231,29 @@ class LeanSubscriber:
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
+        """Join, answer offers; a ``server-busy`` refusal is retried like the browser client.
+
+        The retry waits ``busy_backoff`` (0.5 s doubling to 10 s, ±20 %
+        jitter, as ``backoffDelay`` in ``signaling/static/client.js``) and
+        joins again on a new socket; the join, offer and first-frame times
+        still count from the first attempt, as a user waiting would.
+        """
+        try:
+            for attempt in range(BUSY_RETRIES + 1):
+                if attempt:
+                    await asyncio.sleep(busy_backoff(attempt - 1))
+                if not await self._join_once():
+                    return
+        except asyncio.CancelledError:
+            pass
+
+    async def _join_once(self) -> bool:
+        """One join on a new socket; True if the server refused it as busy."""
+        busy = False
         try:
             self.ws = await self.http.ws_connect(f"{self.base_url}/ws", heartbeat=20)
-            self.join_sent = time.time()
+            if not self.join_sent:
+                self.join_sent = time.time()
             await self.ws.send_json({"type": "join", "token": self.token, "protocol": 1})
             async for message in self.ws:
                 if message.type != aiohttp.WSMsgType.TEXT:
@@ -231,14 +265,16 @@ class LeanSubscriber:
                         self.offer_at = time.time()
                     await self._answer(data)
                 elif kind == "error":
+                    busy = data.get("code") == "server-busy" and self.pc is None
+                    if busy:
+                        self.busy_refusals += 1
                     self.error = f"{data.get('code')}: {data.get('message')}"
                     logger.warning("%s: %s", self.name, self.error)
                 elif kind in ("removed", "room-ended"):
                     break
         except (aiohttp.ClientError, OSError) as exc:
             self.error = f"connection: {exc}"
-        except asyncio.CancelledError:
-            pass
+        return busy
 
     async def _answer(self, offer: dict[str, Any]) -> None:
         if self.pc is None:
@@ -576,6 +612,7 @@ class LeanSubscriber:
             "freeze_s": round(stats.freeze_s, 3),
             "impaired": self.impairment is not None,
             "error": self.error,
+            "busy_refusals": self.busy_refusals,
             # Sparse (bin index -> count): the dense array is 400 KB per subscriber.
             "latency_histogram": {int(i): int(counts[i]) for i in np.flatnonzero(counts)},
         }

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
+from signaling_client import running_server, token, wait_until
 
 from bench.clientbench import feed_through, synthetic_feed
 from bench.impair import parse_impairment
-from bench.subscriber import LeanSubscriber
+from bench.subscriber import Drain, LeanSubscriber, busy_backoff
+from signaling.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -185,3 +189,40 @@ def test_fast_path_counts_exactly_like_the_general_path(monkeypatch: pytest.Monk
     assert result["recovered"] > 0 and result["freezes"] == 1
     assert sum(result["latency_histogram"].values()) > 1000  # one per video packet
     assert result["jitter_ms"] > 0
+
+
+def test_busy_backoff_doubles_to_ten_seconds_with_jitter() -> None:
+    rng = random.Random(3)
+    for attempt, nominal in [(0, 0.5), (1, 1.0), (3, 4.0), (5, 10.0), (40, 10.0)]:
+        delays = [busy_backoff(attempt, rng) for _ in range(200)]
+        assert min(delays) >= 0.8 * nominal and max(delays) <= min(10.0, 1.2 * nominal)
+        assert max(delays) - min(delays) > 0.1 * nominal  # jittered, not in lockstep
+
+
+async def test_a_refused_bench_subscriber_retries_and_gets_in() -> None:
+    """Like the browser client, a bench subscriber turned away as busy joins again later."""
+    config = Config()
+    config.signaling.max_receivers = 1
+    async with running_server(config) as (base, srv), aiohttp.ClientSession() as http:
+        drain = Drain()
+        first, second = (
+            LeanSubscriber(name, base, token("r", "viewer", name, subject=name), http, drain)
+            for name in ("first", "second")
+        )
+        try:
+            await first.start()
+            assert await wait_until(lambda: srv.receivers() == 1, 5)
+            await second.start()
+            assert await wait_until(lambda: second.busy_refusals >= 1, 5)
+            first_attempt = second.join_sent
+            await first.close()
+
+            def second_is_in() -> bool:
+                room = srv.rooms.get("r")
+                return room is not None and [m.name for m in room.members.values()] == ["second"]
+
+            assert await wait_until(second_is_in, 15)
+            assert second.join_sent == first_attempt  # times count from the first try
+        finally:
+            await first.close()
+            await second.close()
