@@ -6,7 +6,9 @@ process; every subscriber is placed on one of N worker processes (the one
 with the fewest peers), each with its own event loop, ``Sfu`` and peer
 connections. A producer reaches a worker through a relay
 (:mod:`sfu.relay`, plain RTP over loopback UDP) opened the first time a
-subscriber there needs it and closed when the producer goes; the worker
+subscriber there needs it and closed when no subscriber there takes it any
+more (the main process counts which consumer takes which producer on each
+worker) or when the producer goes; the worker
 serves its subscribers from its own cache, so NACKs and keyframe starts
 behave as in one process, and its keyframe requests are aggregated with
 everyone else's in the main process.
@@ -37,7 +39,8 @@ import pickle
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -234,6 +237,11 @@ class Worker:
         self._child = child
         self.relay: RelayOut | None = None
         self.peers: set[str] = set()
+        #: The producer each of this worker's consumers takes, and how many take each.
+        self.sources: dict[str, str] = {}
+        self.uses: Counter[str] = Counter()
+        #: Producers named by subscribe/add_sources commands still in flight.
+        self.pending: Counter[str] = Counter()
         self.alive = False
         self.stats: dict[str, Any] = {}
         self.totals: dict[str, int] = {}
@@ -309,8 +317,35 @@ class Worker:
 
         self.request("relay_add", stream).add_done_callback(confirmed)
 
+    def take(self, consumer_id: str, producer_id: str | None) -> str | None:
+        """Record that a consumer now takes ``producer_id`` (None: nothing).
+
+        Returns the producer it took before, for :meth:`release`.
+        """
+        previous = self.sources.pop(consumer_id, None)
+        if previous is not None:
+            self.uses[previous] -= 1
+        if producer_id is not None:
+            self.sources[consumer_id] = producer_id
+            self.uses[producer_id] += 1
+        return previous
+
+    def release(self, producer_ids: Iterable[str | None]) -> None:
+        """Close the relays of these producers that no consumer here takes or awaits.
+
+        Sent after the command that let go of them, so the worker detaches
+        its consumer before the relayed producer goes; a later subscriber
+        opens the relay again (:meth:`ensure_relay`).
+        """
+        for producer_id in set(producer_ids):
+            if producer_id is None or self.uses[producer_id] > 0 or self.pending[producer_id] > 0:
+                continue
+            del self.uses[producer_id]
+            self.pending.pop(producer_id, None)
+            self.drop_relay(producer_id)
+
     def drop_relay(self, producer_id: str) -> None:
-        """Stop relaying a producer that closed."""
+        """Stop relaying a producer (closed, or no longer taken by anyone here)."""
         if self.relay is not None and producer_id in self.relay.consumers:
             self.relay.remove(producer_id)
             if self.alive:
@@ -438,17 +473,31 @@ class ClusterSfu(Sfu):
         if peer_id in self._placement or peer_id in self.peers:
             raise SfuError("peer-exists", f"peer {peer_id!r} exists")
         worker = min(await self._alive_workers(), key=lambda w: len(w.peers))
-        for source in sources:
-            worker.ensure_relay(self, source)
         self._placement[peer_id] = worker
         worker.peers.add(peer_id)
         try:
-            result: tuple[str, list[TrackInfo]] = await worker.call("subscribe", peer_id, sources)
+            return await self._add_tracks(worker, "subscribe", peer_id, sources)
         except SfuError:
             self._placement.pop(peer_id, None)
             worker.peers.discard(peer_id)
             raise
-        return result
+
+    async def _add_tracks(
+        self, worker: Worker, method: str, peer_id: str, sources: list[str]
+    ) -> tuple[str, list[TrackInfo]]:
+        """``subscribe``/``add_sources`` on ``worker``, its relays opened and counted."""
+        for source in sources:
+            worker.ensure_relay(self, source)
+            worker.pending[source] += 1
+        try:
+            result: tuple[str, list[TrackInfo]] = await worker.call(method, peer_id, sources)
+            for track in result[1]:
+                worker.take(track.id, track.source)
+            return result
+        finally:
+            for source in sources:
+                worker.pending[source] -= 1
+            worker.release(sources)
 
     async def _alive_workers(self) -> list[Worker]:
         """The running workers; while none is (all being replaced), wait for one."""
@@ -465,9 +514,7 @@ class ClusterSfu(Sfu):
             return await super().add_sources(peer_id, sources)
         for source in sources:
             self._producer(source)
-            worker.ensure_relay(self, source)
-        result: tuple[str, list[TrackInfo]] = await worker.call("add_sources", peer_id, sources)
-        return result
+        return await self._add_tracks(worker, "add_sources", peer_id, sources)
 
     async def answer(self, peer_id: str, answer_sdp: str) -> None:
         worker = self._placement.get(peer_id)
@@ -491,22 +538,32 @@ class ClusterSfu(Sfu):
         if producer_id is not None:
             self._producer(producer_id)
             worker.ensure_relay(self, producer_id)
+        previous = worker.take(consumer_id, producer_id)
         worker.cast("set_source", consumer_id, producer_id)
+        worker.release([previous])
 
     def unsubscribe(self, consumer_id: str) -> None:
         worker = self._placement.get(consumer_id.rpartition(":")[0])
         if worker is None:
             super().unsubscribe(consumer_id)
         else:
+            previous = worker.take(consumer_id, None)
             worker.cast("unsubscribe", consumer_id)
+            worker.release([previous])
 
     async def close(self, peer_id: str) -> None:
         worker = self._placement.pop(peer_id, None)
         if worker is not None:
             worker.peers.discard(peer_id)
+            prefix = peer_id + ":"
+            released = [
+                worker.take(consumer_id, None)
+                for consumer_id in [c for c in worker.sources if c.startswith(prefix)]
+            ]
             if worker.alive:
                 with contextlib.suppress(SfuError):
                     await worker.call("close", peer_id)
+            worker.release(released)
             return
         peer = self.peers.get(peer_id)
         producers = list(peer.producers.values()) if peer is not None else []

@@ -126,6 +126,60 @@ async def test_cluster_spreads_subscribers_over_worker_processes() -> None:
             await pub.close()
 
 
+async def test_a_relay_closes_when_no_subscriber_on_its_worker_takes_it() -> None:
+    """Relays follow use: closed when the last consumer there lets go, reopened on demand."""
+    async with ClusterSfu(config(), workers=2) as sfu:
+        pub, producers = await publish(
+            sfu, "pub", [PatternVideoTrack(WIDTH, HEIGHT), ToneAudioTrack()]
+        )
+        video, audio = (p.id for p in producers)
+        first, second = Subscriber(sfu, "s0"), Subscriber(sfu, "s1")
+        later = Subscriber(sfu, "s2")
+        w0, w1 = sfu.workers
+
+        def relayed(worker: object) -> set[str]:
+            relay = getattr(worker, "relay", None)
+            return set(relay.consumers) if relay is not None else set()
+
+        try:
+            await first.connect([video, audio])
+            await second.connect([video, audio])
+            assert (w0.peers, w1.peers) == ({"s0"}, {"s1"})
+            assert relayed(w0) == relayed(w1) == {video, audio}
+            assert await wait_until(lambda: second.track("video").frames >= 10, 15)
+            # The only subscriber on worker 1 leaves (signaling closes its peer):
+            # both of its relays close, in the main process and in the worker.
+            await second.close()
+            await sfu.close("s1")
+            assert relayed(w1) == set() and relayed(w0) == {video, audio}
+            relay_consumers = {
+                c for w in sfu.workers if w.relay for c in w.relay.consumers.values()
+            }
+            assert set(sfu.router.consumers) >= relay_consumers
+            assert len(relay_consumers) == 2
+            await w1.refresh()
+            assert {p["id"] for p in w1.stats["producers"]} == set()
+            # A consumer that lets go of its source closes that relay only.
+            video_slot = next(c.id for c in first.consumers if c.source == video)
+            frames = first.track("video").frames
+            sfu.set_source(video_slot, None)
+            assert relayed(w0) == {audio}
+            sfu.set_source(video_slot, video)  # and takes it again: reopened
+            assert relayed(w0) == {video, audio}
+            assert await wait_until(lambda: first.track("video").frames >= frames + 15, 15)
+            # A new subscriber on worker 1 reopens its relays and plays.
+            await later.connect([video, audio])
+            assert w1.peers == {"s2"} and relayed(w1) == {video, audio}
+            assert await wait_until(
+                lambda: later.track("video").frames >= 15 and later.track("audio").frames >= 25,
+                20,
+            )
+        finally:
+            for sub in (first, second, later):
+                await sub.close()
+            await pub.close()
+
+
 async def test_a_dead_worker_loses_only_its_subscribers_and_is_replaced() -> None:
     async with ClusterSfu(config(), workers=2) as sfu:
         lost: list[list[str]] = []
