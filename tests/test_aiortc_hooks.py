@@ -11,6 +11,7 @@ import inspect
 import aioice.ice
 from aiortc import RTCPeerConnection
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
 from sfu.transport import ForwardingPeerConnection, ForwardingReceiver, ForwardingSender
@@ -21,6 +22,25 @@ def test_peer_connection_factories_exist_and_are_used() -> None:
     for name in ("__createDtlsTransport", "__createTransceiver"):
         assert hasattr(RTCPeerConnection, f"_RTCPeerConnection{name}")
         assert f"self.{name}(" in source
+
+
+def test_create_transceiver_is_what_the_forwarding_one_rebuilds() -> None:
+    """ForwardingPeerConnection builds transceivers itself, as aiortc 1.16 does."""
+    source = inspect.getsource(RTCPeerConnection._RTCPeerConnection__createTransceiver)  # type: ignore[attr-defined]
+    for line in (
+        "dtlsTransport = self.__transceivers[0].receiver.transport",
+        "dtlsTransport = self.__sctp.transport",
+        "dtlsTransport = self.__createDtlsTransport()",
+        "transceiver.receiver._set_rtcp_ssrc(transceiver.sender._ssrc)",
+        "transceiver.sender._stream_id = self.__stream_id",
+        "transceiver._bundled = bundled",
+        "self.__transceivers.append(transceiver)",
+    ):
+        assert line in source, line
+    # The light receiver set-up is the audio one; the kind is a private name.
+    receiver = inspect.getsource(RTCRtpReceiver.__init__)
+    assert "self.__kind = kind" in receiver
+    assert 'if kind == "audio":' in receiver
 
 
 def test_transceiver_stores_sender_and_receiver_privately() -> None:
@@ -53,6 +73,16 @@ async def test_forwarding_peer_connection_installs_inert_sender_and_receiver() -
         transceiver = pc.addTransceiver("video", direction="sendonly")
         assert isinstance(transceiver.sender, ForwardingSender)
         assert isinstance(transceiver.receiver, ForwardingReceiver)
+        # A video receiver, without aiortc's unused jitter buffer and estimator.
+        receiver = transceiver.receiver
+        assert receiver._RTCRtpReceiver__kind == "video"  # type: ignore[attr-defined]
+        assert receiver._RTCRtpReceiver__remote_bitrate_estimator is None  # type: ignore[attr-defined]
+        # max-bundle: a second transceiver shares the first one's DTLS transport.
+        audio = pc.addTransceiver("audio", direction="sendonly")
+        assert audio.receiver.transport is transceiver.receiver.transport
+        assert audio.sender.transport is transceiver.receiver.transport
+        assert pc.getTransceivers() == [transceiver, audio]
+        assert audio.sender._ssrc != transceiver.sender._ssrc
         await pc.setLocalDescription(await pc.createOffer())
         candidates = [
             line for line in pc.localDescription.sdp.splitlines() if line.startswith("a=candidate")
