@@ -477,6 +477,7 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
             await presenter.start(http, url, token)
             # The server with its publisher and no subscriber: the fixed cost.
             _, idle_pss = process_tree_memory(spawned.process.pid) if spawned else (0.0, None)
+            ramp_cpu_start = process_tree_cpu(spawned.process.pid) if spawned else 0.0
             impaired = round(options.subscribers * options.impair_fraction)
             plans = [
                 SubscriberPlan(
@@ -513,6 +514,7 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
                 )
                 if receiving >= options.subscribers:
                     break
+            ramp_cpu = (process_tree_cpu(spawned.process.pid) if spawned else 0.0) - ramp_cpu_start
             await asyncio.sleep(1.0)
 
             server_pid = spawned.process.pid if spawned else None
@@ -641,6 +643,13 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
             if server_pid and packets_out
             else None,
             "packets_out": int(packets_out),
+            # Joining: CPU from the presenter's publication to the end of the
+            # ramp (forwarding to those already in included: measure join
+            # cost at a low bitrate), per subscriber receiving by then.
+            "ramp_cpu_s": round(ramp_cpu, 2) if server_pid else None,
+            "cpu_ms_per_join": round(1000 * ramp_cpu / connected, 2)
+            if server_pid and connected
+            else None,
             "retransmissions": counted("telebridge_retransmissions_total"),
             "repairs_shed": counted("telebridge_repairs_shed_total"),
             "send_dropped": counted("telebridge_send_dropped_total"),
@@ -754,6 +763,10 @@ def summary_table(report: dict[str, Any]) -> str:
             f"PSS {server['pss_mb']} MiB ({server['pss_mb_per_subscriber']} MiB/subscriber, "
             f"idle {server['pss_mb_idle']} MiB, "
             f"{server['pss_mb_per_subscriber_marginal']} MiB per added subscriber)",
+        ),
+        (
+            "server CPU joining",
+            f"{server['ramp_cpu_s']} s over the ramp, {server['cpu_ms_per_join']} ms per join",
         ),
         (
             "server repairs",

@@ -823,6 +823,7 @@ def _server_rows(report: Obj) -> Rows:
         ("CPU", cpu if cpu == DASH else f"{cpu} of one core"),
         ("CPU per forwarded packet copy", _unit(_plain(server.get("us_per_packet"), 1), "µs")),
         ("Packets forwarded", _count(server.get("packets_out")) or DASH),
+        ("CPU per join (over the ramp)", _unit(_plain(server.get("cpu_ms_per_join"), 1), "ms")),
         ("Packets resent (NACK answers)", _count(server.get("retransmissions")) or DASH),
         ("NACKs over the repair budget", _count(server.get("repairs_shed")) or DASH),
         ("Resident memory (RSS)", rss if per == DASH else f"{rss} ({per} per subscriber)"),

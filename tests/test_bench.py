@@ -87,6 +87,7 @@ def test_small_clean_run_reports_the_schema_and_no_loss(tmp_path: Path) -> None:
     # the subscribers add to what the idle server (presenter only) held.
     assert 0 < server["pss_mb_idle"] <= server["pss_mb"] <= server["rss_mb"]
     assert server["pss_mb_per_subscriber_marginal"] >= 0
+    assert server["ramp_cpu_s"] > 0 and server["cpu_ms_per_join"] > 0
     assert {"cpu_pct", "us_per_packet"} <= set(client)
     groups = report["groups"]
     assert isinstance(groups, dict) and groups["impaired"] is None
