@@ -202,36 +202,40 @@ def process_tree_cpu(pid: int) -> float:
 
 
 def process_tree_memory(pid: int) -> tuple[float, float | None]:
-    """(RSS MiB, PSS MiB or None) of a process and its live children, from /proc.
+    """(RSS MiB, memory MiB or None) of a process and its live children, from /proc.
 
-    RSS counts every resident page of each process, so the shared libraries
-    and copy-on-write pages that several worker processes map are counted
-    once per process. PSS (proportional set size, ``smaps_rollup``, Linux
-    4.14+) splits each shared page between the processes that map it: the
-    sum over the tree is what the tree costs the machine. None where the
-    kernel has no ``smaps_rollup`` (or it cannot be read).
+    RSS summed over the tree counts the libraries every worker maps once per
+    process. The second figure counts them once: each process's private
+    pages (``Private_Clean`` + ``Private_Dirty`` in ``smaps_rollup``, Linux
+    4.14+) plus the largest shared set of any one of them (the processes
+    run the same Python, aiortc and PyAV, spawned, not forked). Unlike PSS
+    it does not shrink when other programs (the bench's own clients) map
+    the same libraries. None where ``smaps_rollup`` cannot be read.
     """
     rss = 0.0
-    pss: float | None = 0.0
+    private = 0.0
+    shared = 0.0
+    readable = True
     for member in process_tree(pid):
         base = Path("/proc") / str(member)
         try:
             stat = (base / "stat").read_text()
         except OSError:
-            continue
+            continue  # exited meanwhile
         rss += int(stat[stat.rfind(")") + 2 :].split()[21]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
-        if pss is None:
-            continue
         try:
             rollup = (base / "smaps_rollup").read_text()
         except OSError:
-            pss = None
+            readable = False
             continue
-        kib = next(
-            (line.split()[1] for line in rollup.splitlines() if line.startswith("Pss:")), None
-        )
-        pss = None if kib is None else pss + int(kib) / 1024
-    return rss, pss
+        kib = {
+            name: int(value.split()[0])
+            for name, _, value in (line.partition(":") for line in rollup.splitlines()[1:])
+            if value.strip()
+        }
+        private += (kib.get("Private_Clean", 0) + kib.get("Private_Dirty", 0)) / 1024
+        shared = max(shared, (kib.get("Shared_Clean", 0) + kib.get("Shared_Dirty", 0)) / 1024)
+    return rss, (private + shared) if readable else None
 
 
 async def server_counters(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
@@ -476,7 +480,7 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
             token = issue_token(options.secret, room, "presenter", "Bench presenter", 7200)
             await presenter.start(http, url, token)
             # The server with its publisher and no subscriber: the fixed cost.
-            _, idle_pss = process_tree_memory(spawned.process.pid) if spawned else (0.0, None)
+            _, idle_memory = process_tree_memory(spawned.process.pid) if spawned else (0.0, None)
             ramp_cpu_start = process_tree_cpu(spawned.process.pid) if spawned else 0.0
             impaired = round(options.subscribers * options.impair_fraction)
             plans = [
@@ -554,7 +558,7 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
             wall = time.monotonic() - wall_start
             counters_end = await server_counters(http, url)
             cpu_end = process_tree_cpu(server_pid) if server_pid else 0.0
-            rss, pss = process_tree_memory(server_pid) if server_pid else (0.0, None)
+            rss, memory = process_tree_memory(server_pid) if server_pid else (0.0, None)
             await asyncio.to_thread(ask, "stop")
     finally:
         for process, _ in workers:
@@ -633,11 +637,15 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
             "cpu_pct": round(100 * server_cpu / wall, 1) if server_pid else None,
             "rss_mb": round(rss, 1) if server_pid else None,
             "rss_mb_per_subscriber": round(rss / max(1, connected), 3) if server_pid else None,
-            "pss_mb": round(pss, 1) if pss is not None else None,
-            "pss_mb_per_subscriber": round(pss / max(1, connected), 3) if pss is not None else None,
-            "pss_mb_idle": round(idle_pss, 1) if idle_pss is not None else None,
-            "pss_mb_per_subscriber_marginal": round((pss - idle_pss) / max(1, connected), 3)
-            if pss is not None and idle_pss is not None
+            "memory_mb": round(memory, 1) if memory is not None else None,
+            "memory_mb_per_subscriber": round(memory / max(1, connected), 3)
+            if memory is not None
+            else None,
+            "memory_mb_idle": round(idle_memory, 1) if idle_memory is not None else None,
+            "memory_mb_per_subscriber_marginal": round(
+                (memory - idle_memory) / max(1, connected), 3
+            )
+            if memory is not None and idle_memory is not None
             else None,
             "us_per_packet": round(server_cpu * 1e6 / packets_out, 2)
             if server_pid and packets_out
@@ -760,9 +768,10 @@ def summary_table(report: dict[str, Any]) -> str:
         (
             "server memory",
             f"RSS {server['rss_mb']} MiB ({server['rss_mb_per_subscriber']} MiB/subscriber); "
-            f"PSS {server['pss_mb']} MiB ({server['pss_mb_per_subscriber']} MiB/subscriber, "
-            f"idle {server['pss_mb_idle']} MiB, "
-            f"{server['pss_mb_per_subscriber_marginal']} MiB per added subscriber)",
+            f"shared counted once {server['memory_mb']} MiB "
+            f"({server['memory_mb_per_subscriber']} MiB/subscriber, "
+            f"idle {server['memory_mb_idle']} MiB, "
+            f"{server['memory_mb_per_subscriber_marginal']} MiB per added subscriber)",
         ),
         (
             "server CPU joining",

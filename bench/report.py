@@ -816,9 +816,9 @@ def _server_rows(report: Obj) -> Rows:
     cpu = fmt_cpu(server.get("cpu_pct"))
     rss = _unit(_plain(server.get("rss_mb"), 1), "MiB")
     per = _unit(_plain(server.get("rss_mb_per_subscriber"), 2), "MiB")
-    pss = _unit(_plain(server.get("pss_mb"), 1), "MiB")
-    pss_per = _unit(_plain(server.get("pss_mb_per_subscriber"), 2), "MiB")
-    marginal = _unit(_plain(server.get("pss_mb_per_subscriber_marginal"), 2), "MiB")
+    memory = _unit(_plain(server.get("memory_mb"), 1), "MiB")
+    memory_per = _unit(_plain(server.get("memory_mb_per_subscriber"), 2), "MiB")
+    marginal = _unit(_plain(server.get("memory_mb_per_subscriber_marginal"), 2), "MiB")
     return [
         ("CPU", cpu if cpu == DASH else f"{cpu} of one core"),
         ("CPU per forwarded packet copy", _unit(_plain(server.get("us_per_packet"), 1), "µs")),
@@ -826,12 +826,12 @@ def _server_rows(report: Obj) -> Rows:
         ("CPU per join (over the ramp)", _unit(_plain(server.get("cpu_ms_per_join"), 1), "ms")),
         ("Packets resent (NACK answers)", _count(server.get("retransmissions")) or DASH),
         ("NACKs over the repair budget", _count(server.get("repairs_shed")) or DASH),
-        ("Resident memory (RSS)", rss if per == DASH else f"{rss} ({per} per subscriber)"),
+        ("Resident memory (RSS, summed)", rss if per == DASH else f"{rss} ({per} per subscriber)"),
         (
-            "Proportional memory (PSS)",
-            pss
-            if pss_per == DASH
-            else f"{pss} ({pss_per} per subscriber, {marginal} per added one)",
+            "Memory, shared libraries counted once",
+            memory
+            if memory_per == DASH
+            else f"{memory} ({memory_per} per subscriber, {marginal} per added one)",
         ),
     ]
 
