@@ -14,7 +14,7 @@ number of copies. Variants measured in the same run, for ratios:
 
 * ``full``: rewrite + protect + sendto, all copies on one socket;
 * ``own_socket``: the same with one unconnected socket per subscriber, as
-  aiortc binds them (what the SFU did per copy before 2026-12-03);
+  aiortc binds them (what the SFU did before it connected subscriber sockets);
 * ``connected``: the same with each subscriber's socket connected to its
   receiver and ``send`` (what the SFU's subscriber sinks do now);
 * ``rewrite``: rewrite only (sinks discard), the core's share;
