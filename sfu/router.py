@@ -265,8 +265,9 @@ class Consumer:
     last_sr_time: float = 0.0
     last_rtcp: float = 0.0
     resent: dict[int, float] = field(default_factory=dict)
-    #: Repairs the subscriber may still spend, and ``stats.packets`` when that was counted.
-    repair_credit: float = -1.0
+    #: Repairs the subscriber may still spend (full when added to a router),
+    #: and ``stats.packets`` when that was counted.
+    repair_credit: float = 0.0
     repair_mark: int = 0
     closed: bool = False
     #: The sink's ``send_rtp_header`` if it has one (set by the router).
@@ -320,6 +321,8 @@ class Router:
             raise ValueError(f"consumer {consumer.id!r} exists")
         consumer.rtx_seq = consumer.initial_seq ^ 0x5A5A
         consumer.send_header = getattr(consumer.sink, "send_rtp_header", None)
+        consumer.repair_credit = float(self.config.repair_burst)
+        consumer.repair_mark = consumer.stats.packets
         self.consumers[consumer.id] = consumer
         if source_id is not None:
             self.set_source(consumer.id, source_id, now)
@@ -684,13 +687,10 @@ class Router:
         send) adds at most this share again instead of feeding the overload.
         Computed per NACK: the per-copy fan-out never touches it.
         """
-        config = self.config
         sent = consumer.stats.packets
-        earned = (sent - consumer.repair_mark) * config.repair_ratio
+        earned = (sent - consumer.repair_mark) * self.config.repair_ratio
         consumer.repair_mark = sent
-        if consumer.repair_credit < 0:
-            return float(config.repair_burst)
-        return min(float(config.repair_burst), consumer.repair_credit + earned)
+        return min(float(self.config.repair_burst), consumer.repair_credit + earned)
 
     def _retransmit(self, consumer: Consumer, out_seq: int, copies: int, now: float) -> bool:
         """Resend one NACKed packet from the producer's cache (RTX when negotiated).
