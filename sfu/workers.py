@@ -168,11 +168,16 @@ def _run_now(sfu: Sfu, relay: RelayIn, method: str, args: tuple[Any, ...]) -> tu
         if method not in _IMMEDIATE_COMMANDS:
             raise SfuError("unknown-command", f"workers do not run {method!r}")
         return True, getattr(sfu, method)(*args)
-    except SfuError as exc:
-        return False, (exc.code, str(exc))
     except Exception as exc:
-        logger.exception("worker command %s failed", method)
-        return False, ("internal-error", repr(exc))
+        return _failure(method, exc)
+
+
+def _failure(method: str, exc: Exception) -> tuple[bool, Any]:
+    """The reply for a command that raised: its SfuError's code, or an internal error (logged)."""
+    if isinstance(exc, SfuError):
+        return False, (exc.code, str(exc))
+    logger.exception("worker command %s failed", method)
+    return False, ("internal-error", repr(exc))
 
 
 async def _run_in_turn(
@@ -188,11 +193,8 @@ async def _run_in_turn(
         await asyncio.wait([previous])
     try:
         result: tuple[bool, Any] = (True, await getattr(sfu, method)(*args))
-    except SfuError as exc:
-        result = (False, (exc.code, str(exc)))
     except Exception as exc:
-        logger.exception("worker command %s failed", method)
-        result = (False, ("internal-error", repr(exc)))
+        result = _failure(method, exc)
     _reply(channel, request_id, method, args, *result)
 
 
@@ -237,9 +239,8 @@ class Worker:
         self._child = child
         self.relay: RelayOut | None = None
         self.peers: set[str] = set()
-        #: The producer each of this worker's consumers takes, and how many take each.
+        #: The producer each of this worker's consumers takes.
         self.sources: dict[str, str] = {}
-        self.uses: Counter[str] = Counter()
         #: Producers named by subscribe/add_sources commands still in flight.
         self.pending: Counter[str] = Counter()
         self.alive = False
@@ -323,11 +324,8 @@ class Worker:
         Returns the producer it took before, for :meth:`release`.
         """
         previous = self.sources.pop(consumer_id, None)
-        if previous is not None:
-            self.uses[previous] -= 1
         if producer_id is not None:
             self.sources[consumer_id] = producer_id
-            self.uses[producer_id] += 1
         return previous
 
     def release(self, producer_ids: Iterable[str | None]) -> None:
@@ -337,10 +335,10 @@ class Worker:
         its consumer before the relayed producer goes; a later subscriber
         opens the relay again (:meth:`ensure_relay`).
         """
-        for producer_id in set(producer_ids):
-            if producer_id is None or self.uses[producer_id] > 0 or self.pending[producer_id] > 0:
+        taken = set(self.sources.values())
+        for producer_id in {p for p in producer_ids if p is not None} - taken:
+            if self.pending[producer_id] > 0:
                 continue
-            del self.uses[producer_id]
             self.pending.pop(producer_id, None)
             self.drop_relay(producer_id)
 
