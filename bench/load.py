@@ -173,17 +173,23 @@ def pin_apart(server_pid: int, server_cpus: list[int]) -> list[int]:
     return rest
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """``/proc/<pid>/stat`` after the command name (field 3 on, proc(5)), or None if gone."""
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2 :].split()
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its live children (a server's media workers), from /proc."""
     found = [pid]
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == pid:
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid:
+        fields = _stat_fields(entry.name)
+        if fields is not None and int(fields[1]) == pid:
             found.append(int(entry.name))
     return found
 
@@ -192,12 +198,9 @@ def process_tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) of a process and its live children, from /proc."""
     cpu = 0.0
     for member in process_tree(pid):
-        try:
-            stat = (Path("/proc") / str(member) / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        cpu += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        fields = _stat_fields(member)
+        if fields is not None:
+            cpu += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     return cpu
 
 
@@ -217,14 +220,12 @@ def process_tree_memory(pid: int) -> tuple[float, float | None]:
     shared = 0.0
     readable = True
     for member in process_tree(pid):
-        base = Path("/proc") / str(member)
-        try:
-            stat = (base / "stat").read_text()
-        except OSError:
+        fields = _stat_fields(member)
+        if fields is None:
             continue  # exited meanwhile
-        rss += int(stat[stat.rfind(")") + 2 :].split()[21]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+        rss += int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
         try:
-            rollup = (base / "smaps_rollup").read_text()
+            rollup = (Path("/proc") / str(member) / "smaps_rollup").read_text()
         except OSError:
             readable = False
             continue
