@@ -16,21 +16,16 @@ number of copies. Variants measured in the same run, for ratios:
 * ``own_socket``: the same with one unconnected socket per subscriber, as
   aiortc binds them (what the SFU did before it connected subscriber sockets);
 * ``connected``: the same with each subscriber's socket connected to its
-  receiver and ``send`` (what the SFU's subscriber sinks do now);
+  receiver and ``send`` (the SFU's subscriber sinks with ``udp_mux = false``);
+* ``batched``: all copies on one socket, protected into the slots of a
+  :class:`sfu.sendbatch.SendBatch` and sent with one ``sendmmsg(2)`` per
+  packet's fan-out (the SFU's sinks on its shared UDP port, the default);
 * ``rewrite``: rewrite only (sinks discard), the core's share;
 * ``floor``: protect + sendto of the same bytes per copy in a bare loop, the
   least any Python forwarder on this socket API can spend;
 * ``aiortc_serialize``: per copy ``RtpPacket.parse`` + field changes +
   ``serialize`` + protect + sendto, the per-copy work of a forwarder built
   on aiortc's packet objects, for comparison.
-
-With ``batch_sizes`` (k), two more per k, both with one socket per
-subscriber as aiortc binds them, sending k packets to each subscriber per
-"event-loop tick": ``sendto_k<k>`` (protect + ``sendto`` each) and
-``sendmmsg_k<k>`` (protect each, then one ``sendmmsg(2)`` per subscriber
-through :class:`bench.sendmmsg.BatchSender`). ``sendmmsg`` batches datagrams
-of one socket only, so per tick it can batch one subscriber's packets, not
-one packet's copies to many subscribers.
 """
 
 from __future__ import annotations
@@ -44,7 +39,6 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -53,10 +47,10 @@ from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParam
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from pylibsrtp import Policy, Session
 
-from bench.sendmmsg import BatchSender
 from sfu.codecs import SUPPORTED
 from sfu.router import Consumer, Layout, Producer, Router, RouterConfig
 from sfu.rtp import URI_MID
+from sfu.sendbatch import SendBatch
 from sfu.transport import SrtpSink
 
 PACKET_SIZE = 1200
@@ -140,16 +134,18 @@ def _vp8_stream(packets: int) -> list[bytes]:
 
 def _setup(
     subscribers: int, ports: list[int], null: bool, sockets: str = "shared"
-) -> tuple[Router, Producer, list[socket.socket]]:
+) -> tuple[Router, Producer, list[socket.socket], SendBatch | None]:
     """A router fanning out to ``subscribers`` sinks.
 
-    ``sockets``: ``shared`` (one socket for all), ``own_socket`` or ``connected``.
+    ``sockets``: ``shared`` (one socket for all), ``own_socket``, ``connected``
+    or ``batched`` (one socket and a send batch, flushed by the caller).
     """
     router = Router(RouterConfig(video_cache_packets=4096))
     producer = Producer("pub:0", SUPPORTED["video/vp8"], 96, 0x1234, _NullSink(), 1, router.config)
     router.add_producer(producer)
     layout = Layout(96, "0", 1, None, None)
     opened = [_sending_socket()]
+    batch = SendBatch(opened[0], lambda callback: None) if sockets == "batched" else None
     for i in range(subscribers):
         sink: Any
         if null:
@@ -158,34 +154,41 @@ def _setup(
             sink = SrtpSink()
             addr = ("127.0.0.1", ports[i % len(ports)])
             sock = opened[0]
-            if sockets != "shared":
+            if sockets not in ("shared", "batched"):
                 sock = _sending_socket()
                 opened.append(sock)
                 if sockets == "connected":
                     sock.connect(addr)
-            sink.attach(_session(), sock, addr, connected=sockets == "connected")
+            sink.attach(_session(), sock, addr, connected=sockets == "connected", batch=batch)
         consumer = Consumer(f"s{i}:0", "video", 0x10000 + i, sink, layout, i * 7, i * 11)
         router.add_consumer(consumer, "pub:0", 0.0)
-    return router, producer, opened
+    return router, producer, opened, batch
 
 
 def _run_setup(
     subscribers: int, ports: list[int], packets: list[bytes], null: bool, sockets: str = "shared"
 ) -> float:
     """µs per copy through the router for one :func:`_setup`."""
-    router, producer, opened = _setup(subscribers, ports, null, sockets)
+    router, producer, opened, batch = _setup(subscribers, ports, null, sockets)
     try:
-        return _run_router(router, producer, packets) / (subscribers * len(packets)) * 1e6
+        elapsed = _run_router(router, producer, packets, batch)
+        return elapsed / (subscribers * len(packets)) * 1e6
     finally:
         for sock in opened:
             sock.close()
 
 
-def _run_router(router: Router, producer: Producer, packets: list[bytes]) -> float:
+def _run_router(
+    router: Router, producer: Producer, packets: list[bytes], batch: SendBatch | None = None
+) -> float:
+    """CPU seconds for the fan-out of ``packets``; the sinks' send ``batch`` (if
+    any) is flushed after each, where the event loop's tick would end."""
     start = time.thread_time()
     now = 1.0
     for packet in packets:
         router.on_rtp(producer, packet, now)
+        if batch is not None:
+            batch.flush()
         now += 0.0035
         time.sleep(0)  # let the drain process run on a 2-core box
     return time.thread_time() - start
@@ -223,45 +226,7 @@ def _run_floor(subscribers: int, ports: list[int], packets: list[bytes]) -> floa
     return time.thread_time() - start
 
 
-def _run_ticks(
-    subscribers: int, ports: list[int], packets: list[bytes], k: int, mmsg: bool
-) -> float:
-    """Per-copy µs of protect + send, one socket per subscriber, ``k`` packets per tick.
-
-    Per tick each subscriber's ``k`` packets are protected, then sent with
-    one ``sendto`` each or (``mmsg``) one ``sendmmsg`` for all ``k``.
-    """
-    socks = [_sending_socket() for _ in range(subscribers)]
-    targets = [
-        (
-            _session().protect,
-            sock.sendto,
-            BatchSender(sock, k),
-            ("127.0.0.1", ports[i % len(ports)]),
-        )
-        for i, sock in enumerate(socks)
-    ]
-    ticks = [packets[j : j + k] for j in range(0, len(packets) - k + 1, k)]
-    start = time.thread_time()
-    for tick in ticks:
-        for protect, sendto, batch, addr in targets:
-            protected = [protect(data) for data in tick]
-            if mmsg:
-                batch.send(protected, addr)
-                continue
-            for data in protected:
-                with contextlib.suppress(BlockingIOError):
-                    sendto(data, addr)
-        time.sleep(0)
-    elapsed = time.thread_time() - start
-    for sock in socks:
-        sock.close()
-    return elapsed / (len(ticks) * k * subscribers) * 1e6
-
-
-def run_microbench(
-    subscribers: int, packets: int, repeats: int, batch_sizes: Sequence[int] = ()
-) -> MicrobenchResult:
+def run_microbench(subscribers: int, packets: int, repeats: int) -> MicrobenchResult:
     """Measure each variant ``repeats`` times, interleaved; report medians."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -275,6 +240,7 @@ def run_microbench(
             "full": [],
             "own_socket": [],
             "connected": [],
+            "batched": [],
             "rewrite": [],
             "floor": [],
             "aiortc_serialize": [],
@@ -282,7 +248,7 @@ def run_microbench(
         copies = subscribers * packets
         for _ in range(repeats):
             samples["full"].append(_run_setup(subscribers, ports, stream, null=False))
-            for sockets in ("own_socket", "connected"):
+            for sockets in ("own_socket", "connected", "batched"):
                 sample = _run_setup(subscribers, ports, stream, null=False, sockets=sockets)
                 samples[sockets].append(sample)
             samples["rewrite"].append(_run_setup(subscribers, ports, stream, null=True))
@@ -290,11 +256,6 @@ def run_microbench(
             samples["aiortc_serialize"].append(
                 _run_aiortc(subscribers, ports, stream) / copies * 1e6
             )
-            for k in batch_sizes:
-                for mmsg in (False, True):
-                    name = f"{'sendmmsg' if mmsg else 'sendto'}_k{k}"
-                    sample = _run_ticks(subscribers, ports, stream, k, mmsg)
-                    samples.setdefault(name, []).append(sample)
     finally:
         stop.set()
         drain.join(timeout=5)
@@ -314,9 +275,8 @@ def main(
     packets: int,
     repeats: int,
     json_path: str | None,
-    batch_sizes: Sequence[int] = (),
 ) -> int:
-    result = run_microbench(subscribers, packets, repeats, batch_sizes)
+    result = run_microbench(subscribers, packets, repeats)
     for name, value in result.us_per_copy.items():
         low, high = result.spread[name]
         print(f"{name:>18}: {value:6.2f} us per copy (min {low:.2f}, max {high:.2f})")
@@ -328,9 +288,8 @@ def main(
         f"full path = {full / floor:.2f}x the bare protect+sendto floor; "
         f"aiortc-style per-copy serialize costs {ratio:.2f}x the full path"
     )
-    for k in batch_sizes:
-        mmsg, each = result.us_per_copy[f"sendmmsg_k{k}"], result.us_per_copy[f"sendto_k{k}"]
-        print(f"k={k} packets per subscriber per tick: sendmmsg costs {mmsg / each:.2f}x sendto")
+    batched, connected = result.us_per_copy["batched"], result.us_per_copy["connected"]
+    print(f"shared socket + sendmmsg per fan-out = {batched / connected:.2f}x connected sockets")
     if json_path:
         with open(json_path, "w") as f:
             json.dump(asdict(result), f, indent=2)

@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,9 @@ class BenchOptions:
     server_cpus: list[int] | None = None
     #: ``serve --workers`` for the spawned server (None: serve's default, one per core).
     server_workers: int | None = None
+    #: Settings for the spawned server's config file: ``{"sfu": {"udp_mux": "false"}}``
+    #: (values are TOML literals).
+    server_settings: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ server
@@ -91,6 +94,7 @@ class SpawnedServer:
         mediarelay: bool = False,
         record_dir: str | None = None,
         workers: int | None = None,
+        settings: dict[str, dict[str, str]] | None = None,
     ) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -98,8 +102,15 @@ class SpawnedServer:
         env = {**os.environ, "TELEBRIDGE_SECRET": secret}
         config = Path(os.environ.get("TMPDIR", "/tmp")) / f"telebridge-bench-{self.port}.toml"
         # Bench clients hammer the signaling socket at ramp-up: raise the limits.
+        limits = {"rate_limit": "1000.0", "rate_burst": "1000", "max_participants": "100000"}
+        tables: dict[str, dict[str, str]] = {"signaling": limits}
+        for table, values in (settings or {}).items():
+            tables.setdefault(table, {}).update(values)
         config.write_text(
-            "[signaling]\nrate_limit = 1000.0\nrate_burst = 1000\nmax_participants = 100000\n"
+            "".join(
+                f"[{table}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
+                for table, values in tables.items()
+            )
         )
         self.config = config
         # The server's log goes to a file: an unread pipe would fill up and
@@ -462,7 +473,11 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
     client_cpus: list[int] | None = None
     if options.spawn:
         spawned = SpawnedServer(
-            options.secret, options.mediarelay, options.record_dir, options.server_workers
+            options.secret,
+            options.mediarelay,
+            options.record_dir,
+            options.server_workers,
+            options.server_settings,
         )
         url = spawned.url
         if options.server_cpus:
@@ -601,6 +616,7 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
         "recording": options.record_dir is not None,
         "server_cpus": options.server_cpus,
         "server_workers": options.server_workers,
+        "server_settings": options.server_settings,
         "client_cpus": client_cpus,
         "machine": {
             "cpus": os.cpu_count(),

@@ -292,7 +292,7 @@ class RelayIn:
         if producer is None:
             self.endpoint.malformed += 1
             return
-        self.sfu.router.on_rtp(producer, data, self.sfu.now())
+        self.sfu.forward(producer, data, self.sfu.now())
 
     def close(self) -> None:
         for producer_id in list(self._streams):

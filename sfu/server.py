@@ -53,6 +53,7 @@ from sfu.router import (
 )
 from sfu.rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, RtpError, parse
 from sfu.transport import ForwardingPeerConnection, PeerSink
+from sfu.udpmux import UdpMux
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,12 @@ class SfuConfig:
 
     #: Addresses offered as ICE host candidates.
     candidate_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    #: Every peer connection of a process on one UDP port (``sfu.udpmux``);
+    #: False: a socket per connection, on an ephemeral port (aiortc's way).
+    udp_mux: bool = True
+    #: The shared port (0: one the system picks). Worker ``i`` uses
+    #: ``udp_port + 1 + i``.
+    udp_port: int = 0
     router: RouterConfig = field(default_factory=RouterConfig)
     poll_interval: float = 0.02
     rtcp_interval: float = 1.0
@@ -124,10 +131,19 @@ class Sfu:
         self._retired: dict[str, int] = {}
         #: The negotiated codec of each producer, to offer it to subscribers.
         self._negotiated: dict[str, RTCRtpCodecParameters] = {}
+        #: The shared UDP port's sockets (None: a socket per connection).
+        self.mux = (
+            UdpMux(self.config.candidate_addresses, self.config.udp_port)
+            if self.config.udp_mux
+            else None
+        )
 
     # -------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        """Bind the shared UDP port (``OSError`` if it cannot be) and start the timers."""
+        if self.mux is not None:
+            await self.mux.open()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run_timers())
 
@@ -141,6 +157,8 @@ class Sfu:
             self._task = None
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+        if self.mux is not None:
+            await self.mux.close()
 
     async def __aenter__(self) -> Sfu:
         await self.start()
@@ -478,7 +496,8 @@ class Sfu:
         """Monotonic counters since start (live and closed producers/consumers).
 
         Keys: ``in_<ProducerStats field>`` and ``out_<ConsumerStats field>``,
-        plus ``keyframe_requests_sent``, ``send_dropped`` and ``malformed_rtcp``.
+        plus ``keyframe_requests_sent``, ``send_dropped``, ``malformed_rtcp``
+        and ``udp_unrouted`` (datagrams on the shared port from nobody known).
         """
         totals = dict(self._retired)
         for producer in self.router.producers.values():
@@ -495,6 +514,7 @@ class Sfu:
         totals["malformed_rtcp"] = self._retired.get("malformed_rtcp", 0) + sum(
             p.malformed_rtcp for p in self.peers.values()
         )
+        totals["udp_unrouted"] = self.mux.counts()["unrouted"] if self.mux is not None else 0
         return totals
 
     def stats(self) -> dict[str, Any]:
@@ -579,7 +599,12 @@ class Sfu:
             self._on_receiver_ready(holder[0], params)
 
         pc = ForwardingPeerConnection(
-            self.config.candidate_addresses, on_rtp, on_rtcp, on_sender_ready, on_receiver_ready
+            self.config.candidate_addresses,
+            on_rtp,
+            on_rtcp,
+            on_sender_ready,
+            on_receiver_ready,
+            self.mux,
         )
         now = self._clock()
         # The SFU offers (and so controls ICE) on subscriber connections only.
@@ -692,7 +717,18 @@ class Sfu:
             if producer is None:
                 peer.unknown_ssrc += 1
                 return
+        self.forward(producer, data, now)
+
+    def forward(self, producer: Producer, data: bytes, now: float) -> None:
+        """A publisher's RTP packet into the router; its copies leave at once.
+
+        On the shared port the fan-out's copies wait in the port's send batch;
+        they are sent here, one ``sendmmsg`` for the whole fan-out, rather
+        than at the end of the event loop's tick.
+        """
         self.router.on_rtp(producer, data, now)
+        if self.mux is not None:
+            self.mux.flush()
 
     def _learn_ssrc(self, peer: Peer, data: bytes) -> Producer | None:
         """Route a new SSRC by its MID header extension, else by a unique payload type."""

@@ -46,14 +46,15 @@ _SCRATCH_VIEW = memoryview(ffi.buffer(_SCRATCH))
 class InPlaceProtector:
     """Protects header + tail with an outbound ``pylibsrtp.Session``'s context, in place."""
 
-    __slots__ = ("_context", "_length", "_pack_into", "_protect", "_session")
+    __slots__ = ("_length", "_pack_into", "_protect", "_session", "context")
 
     def __init__(self, session: pylibsrtp.Session) -> None:
         context: Any = getattr(session, "_srtp", None)
         if context is None:
             raise TypeError("this pylibsrtp exposes no libsrtp context (Session._srtp)")
         self._session = session  # owns the libsrtp context: it must outlive us
-        self._context = context[0]
+        #: The libsrtp context (``srtp_t``), for :class:`sfu.sendbatch.SendBatch`.
+        self.context = context[0]
         self._length = ffi.new("int *")
         self._protect = lib.srtp_protect
         self._pack_into = _FIXED_HEADER.pack_into
@@ -75,6 +76,6 @@ class InPlaceProtector:
         view[12:size] = tail
         length = self._length
         length[0] = size
-        if self._protect(self._context, _SCRATCH, length):
+        if self._protect(self.context, _SCRATCH, length):
             return None
         return view[: length[0]]

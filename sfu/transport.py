@@ -10,13 +10,16 @@ whose
   parse, no jitter buffer, no decoder thread;
 * RTP senders and receivers start no encoder, RTP loop, RTCP loop or decoder
   (``send``/``receive`` only report the negotiated parameters);
-* ICE gatherers offer host candidates on the configured addresses only;
+* ICE gatherers offer host candidates on the configured addresses only:
+  on the process's shared UDP port (:mod:`sfu.udpmux`), or on a socket of
+  their own (aiortc's way, ``[sfu] udp_mux = false``);
 * ICE consent checks wait for answers long enough for satellite links.
 
 :class:`PeerSink` is the fast send path: SRTP protect with the DTLS
-transport's session and one ``sendto`` on a duplicate of the nominated
-pair's socket, synchronously; a full socket buffer drops the packet (and
-counts it) instead of queueing.
+transport's session, synchronously, and out on the shared socket in one
+``sendmmsg`` per tick (:mod:`sfu.sendbatch`), or with one ``send`` on a
+duplicate of the connection's own socket; a full socket buffer drops the
+packet (and counts it) instead of queueing.
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ from aiortc import (
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
 
+from sfu.sendbatch import SendBatch, socket_address
 from sfu.srtp import InPlaceProtector
+from sfu.udpmux import MuxedProtocol, UdpMux
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +129,10 @@ class ForwardingPeerConnection(RTCPeerConnection):
         on_rtcp: RtpCallback,
         on_sender_ready: SenderReady,
         on_receiver_ready: ReceiverReady,
+        mux: UdpMux | None = None,
     ) -> None:
         self._addresses = list(addresses)
+        self._mux = mux
         self._on_rtp = on_rtp
         self._on_rtcp = on_rtcp
         self._on_sender_ready = on_sender_ready
@@ -139,7 +146,10 @@ class ForwardingPeerConnection(RTCPeerConnection):
         dtls._on_rtp = self._on_rtp
         dtls._on_rtcp = self._on_rtcp
         connection = dtls.transport.iceGatherer._connection
-        restrict_host_candidates(connection, self._addresses)
+        if self._mux is not None:
+            self._mux.prepare(connection)
+        else:
+            restrict_host_candidates(connection, self._addresses)
         drop_empty_datagrams(connection)
         patient_consent_checks(connection)
         return dtls
@@ -272,6 +282,10 @@ class SrtpSink:
         self._protect_rtcp: Callable[[bytes], bytes] | None = None
         self._session: pylibsrtp.Session | None = None
         self._in_place: InPlaceProtector | None = None
+        self._owned = True
+        self._batch: SendBatch | None = None
+        self._name: Any = None
+        self._name_length = 0
         self.dropped = 0
         self.errors = 0
 
@@ -282,12 +296,17 @@ class SrtpSink:
         addr: tuple[str, int],
         *,
         connected: bool = False,
+        batch: SendBatch | None = None,
+        owned: bool = True,
     ) -> None:
         """Send through ``session`` (an outbound SRTP session) on ``sock`` to ``addr``.
 
         ``connected``: ``sock`` is connected to ``addr`` (``connect(2)``), so
         the packets go out with ``send(2)`` and the kernel keeps the route
         it looked up once instead of one lookup per datagram.
+        ``batch``: forwarded copies wait in it for one ``sendmmsg(2)`` per
+        tick (``sock`` is then a shared socket). ``owned``: :meth:`close`
+        closes ``sock`` (not a shared one).
         """
         if session is not self._session:
             self._session = session
@@ -295,8 +314,12 @@ class SrtpSink:
         self._protect = session.protect
         self._protect_rtcp = session.protect_rtcp
         self._sock = sock
+        self._owned = owned
         self._addr = addr
         self._connected = connected
+        self._batch = batch
+        if batch is not None:
+            self._name, self._name_length = socket_address(addr, sock.family)
 
     def send_rtp(self, packet: bytes) -> None:
         protect = self._protect
@@ -319,13 +342,20 @@ class SrtpSink:
     ) -> None:
         """Send a rewritten packet given as header fields and the rest (the fan-out's path).
 
-        Protected in the session's own buffer (:class:`sfu.srtp.InPlaceProtector`):
-        no intermediate ``bytes`` for the plaintext or the ciphertext.
+        Protected in place (:class:`sfu.srtp.InPlaceProtector`, or a slot of
+        the shared socket's :class:`sfu.sendbatch.SendBatch`): no
+        intermediate ``bytes`` for the plaintext or the ciphertext.
         """
         in_place = self._in_place
         sock = self._sock
         if in_place is None or sock is None or self._protect is None:
             self.dropped += 1
+            return
+        batch = self._batch
+        if batch is not None:
+            context, name, length = in_place.context, self._name, self._name_length
+            if not batch.add(context, b0, b1, seq, timestamp, ssrc, tail, name, length, self):
+                self.errors += 1
             return
         packet = in_place.protect(b0, b1, seq, timestamp, ssrc, tail)
         if packet is None:
@@ -358,21 +388,25 @@ class SrtpSink:
             self.errors += 1
 
     def close(self) -> None:
-        if self._sock is not None:
+        if self._sock is not None and self._owned:
             self._sock.close()
-            self._sock = None
+        self._sock = None
         self._protect = self._protect_rtcp = None
         self._session = self._in_place = None
         self._connected = False
+        self._batch = None
 
 
 class PeerSink(SrtpSink):
     """An :class:`SrtpSink` bound to an aiortc peer connection's DTLS/ICE state.
 
-    With ``connect`` (the SFU's subscriber connections) the nominated pair's
-    socket is connected to the remote address once ICE has chosen it, which
-    saves the kernel a route lookup per forwarded copy (~2 µs of ~20 at 200
-    subscribers on the development box, ``docs/benchmarks.md``). The socket
+    On a shared port (:mod:`sfu.udpmux`) it sends on the shared socket to the
+    nominated pair's remote address, forwarded copies through the socket's
+    send batch. On a socket of the connection's own, with ``connect`` (the
+    SFU's subscriber connections) the nominated pair's socket is connected to
+    the remote address once ICE has chosen it, which saves the kernel a route
+    lookup per forwarded copy (~2 µs of ~20 at 200 subscribers on the
+    development box, ``docs/benchmarks.md``). The socket
     then also takes datagrams from that address only, which is right only
     where this side is the controlling ICE agent (the offerer, RFC 8445
     §6.1.1): the pair cannot change under it. A publisher's connection, where
@@ -401,12 +435,18 @@ class PeerSink(SrtpSink):
         pair = dtls.transport._connection._nominated.get(1)
         if pair is None:
             return False
+        if isinstance(pair.protocol, MuxedProtocol):
+            mux = pair.protocol.mux
+            if mux.sock is None:
+                return False
+            self.attach(dtls._tx_srtp, mux.sock, pair.remote_addr, batch=mux.batch, owned=False)
+            return True
         transport_sock = pair.protocol.transport.get_extra_info("socket")
         if transport_sock is None:
             return False
         fileno = transport_sock.fileno()
         sock = self._sock
-        if sock is None or self._sock_source != fileno:
+        if sock is None or not self._owned or self._sock_source != fileno:
             self.close()
             # A duplicate of aioice's socket: a plain non-blocking socket whose
             # sendto skips asyncio's transport (and its unbounded buffer).

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import itertools
 import logging
@@ -227,7 +228,8 @@ class Worker:
     def __init__(self, index: int, config: SfuConfig, verbose: bool = False) -> None:
         self.index = index
         self.name = f"worker{index}"
-        self._config = config
+        if config.udp_port:  # its own shared port, next to the main process's
+            config = dataclasses.replace(config, udp_port=config.udp_port + 1 + index)
         self._verbose = verbose
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
@@ -416,6 +418,10 @@ def create_sfu(config: SfuConfig, verbose: bool = False) -> Sfu:
     if config.workers <= 0:
         return Sfu(config)
     return ClusterSfu(config, config.workers, verbose=verbose)
+
+
+#: Worker counters added to the main process's in :meth:`ClusterSfu.totals`.
+_WORKER_COUNTERS = ("send_dropped", "malformed_rtcp", "udp_unrouted")
 
 
 class ClusterSfu(Sfu):
@@ -633,7 +639,11 @@ class ClusterSfu(Sfu):
                 totals["out_" + name] -= getattr(consumer.stats, name)
         for snapshot in [self._lost_totals, *(w.totals for w in self.workers)]:
             for key, value in snapshot.items():
-                if key.startswith("out_") or key in ("send_dropped", "malformed_rtcp"):
+                if key.startswith("out_") or key in (
+                    "send_dropped",
+                    "malformed_rtcp",
+                    "udp_unrouted",
+                ):
                     totals[key] = totals.get(key, 0) + value
         return totals
 

@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --spawn: serve --workers N (default: serve's, one per core; 0: one process)",
     )
     bench.add_argument(
+        "--server-setting",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="with --spawn: a config setting for the server, VALUE in TOML (sfu.udp_mux=false)",
+    )
+    bench.add_argument(
         "--stereo",
         action="store_true",
         help="the presenter sends the side-by-side 3D card (e.g. --size 1920x1080 --bitrate 6M)",
@@ -150,12 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
     micro.add_argument("--packets", type=int, default=1000, help="packets fanned out per run")
     micro.add_argument("--repeats", type=int, default=5, help="runs per variant (median kept)")
     micro.add_argument("--json", help="write the result as JSON to this file")
-    micro.add_argument(
-        "--batch",
-        type=lambda v: [int(k) for k in v.split(",")],
-        default=[],
-        help="also compare sendto with sendmmsg at k packets per subscriber per tick: 1,2,4,8",
-    )
     return parser
 
 
@@ -228,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if min(args.subscribers, args.packets, args.repeats) < 1:
             parser.error("--subscribers, --packets and --repeats must be positive")
-        return microbench(args.subscribers, args.packets, args.repeats, args.json, args.batch)
+        return microbench(args.subscribers, args.packets, args.repeats, args.json)
     return 2
 
 
@@ -317,6 +318,12 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if not args.spawn or args.server_workers < 0:
             parser.error("--server-workers needs --spawn and 0 or more")
         options.server_workers = args.server_workers
+    for setting in args.server_setting:
+        name, equals, value = setting.partition("=")
+        table, dot, key = name.strip().rpartition(".")
+        if not (equals and dot and table and key and value.strip()) or not args.spawn:
+            parser.error(f"--server-setting {setting!r}: needs --spawn and TABLE.KEY=VALUE")
+        options.server_settings.setdefault(table, {})[key] = value.strip()
     if args.baseline and not args.spawn:
         parser.error("--baseline needs --spawn (the baseline server runs here)")
     baseline = max(1, args.baseline_subscribers) if args.baseline else None

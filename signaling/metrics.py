@@ -46,6 +46,11 @@ COUNTERS = (
     ("telebridge_send_dropped", "packet copies dropped on a full socket buffer", "send_dropped"),
     ("telebridge_malformed_rtp", "malformed RTP packets from publishers", "in_malformed"),
     ("telebridge_malformed_rtcp", "malformed RTCP packets", "malformed_rtcp"),
+    (
+        "telebridge_udp_unrouted",
+        "datagrams on the shared media port from no known connection (dropped)",
+        "udp_unrouted",
+    ),
 )
 
 

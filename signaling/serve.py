@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 
 from aiohttp import web
@@ -16,6 +17,19 @@ from signaling.tokens import issue_token
 logger = logging.getLogger(__name__)
 
 
+def raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard one (Linux often starts at 1,024).
+
+    Each member holds a WebSocket, and without ``[sfu] udp_mux`` a UDP socket
+    (two descriptors) too: 1,000 endpoints need several thousand.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    logger.info("open files limit: %d", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
 async def serve(
     config: Config, demo_room: str | None = None, link_ttl: float = 86400.0, stereo: bool = False
 ) -> int:
@@ -24,15 +38,22 @@ async def serve(
     ``stereo``: the presenter sends the side-by-side 3D test card.
     """
     signaling = config.signaling
+    raise_open_file_limit()
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, signaling.host, signaling.port)
     await site.start()
     base = f"http://{signaling.host}:{signaling.port}"
+    sfu = config.sfu
+    media = "a port per connection"
+    if sfu.udp_mux:
+        media = f"UDP port {sfu.udp_port}" if sfu.udp_port else "one UDP port the system picked"
+        if sfu.udp_port and sfu.workers:
+            media += f", workers {sfu.udp_port + 1}-{sfu.udp_port + sfu.workers}"
     print(
-        f"Telebridge listening on {base} (SFU candidates: {config.sfu.candidate_addresses}, "
-        f"media workers: {config.sfu.workers or 'none, one process'})"
+        f"Telebridge listening on {base} (SFU candidates: {sfu.candidate_addresses}, "
+        f"{media}; media workers: {sfu.workers or 'none, one process'})"
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

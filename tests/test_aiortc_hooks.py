@@ -65,6 +65,19 @@ def test_aioice_connection_hooks() -> None:
     assert "self.receiver.data_received(data" in inspect.getsource(aioice.ice.StunProtocol)
 
 
+def test_aioice_names_the_shared_port_uses() -> None:
+    """sfu/udpmux.py: a ufrag set before any SDP, protocols and candidates added by hand."""
+    connection = aioice.ice.Connection(ice_controlling=False)
+    assert connection.local_username == connection._local_username
+    assert connection._protocols == [] and connection._local_candidates == []
+    source = inspect.getsource(aioice.ice.Connection)
+    assert "for protocol in self._protocols:\n            await protocol.close()" in source
+    assert "local_username == self.local_username" in source  # checks are matched on it
+    protocol = inspect.getsource(aioice.ice.StunProtocol)
+    assert "self.transport.sendto(" in protocol and "self.transport.close()" in protocol
+    assert "self.receiver.protocol_lost(self)" in protocol
+
+
 async def test_forwarding_peer_connection_installs_inert_sender_and_receiver() -> None:
     pc = ForwardingPeerConnection(
         ["127.0.0.1"], lambda d: None, lambda d: None, lambda s, p: None, lambda r, p: None

@@ -109,7 +109,12 @@ def test_impaired_subscribers_recover_and_clean_ones_lose_nothing(tmp_path: Path
         "8",
         "--impair",
         "0.5:delay=150ms,jitter=10ms,loss=3%",
+        # The server on sockets of its own per connection (the shared port is
+        # what every other bench test uses).
+        "--server-setting",
+        "sfu.udp_mux=false",
     )
+    assert report["server_settings"] == {"sfu": {"udp_mux": "false"}}
     groups = report["groups"]
     assert isinstance(groups, dict)
     impaired, clean = groups["impaired"], groups["clean"]
@@ -147,6 +152,22 @@ def test_mediarelay_baseline_runs_the_same_load_and_costs_more_per_subscriber(
     # Decoding once and re-encoding per subscriber costs far more CPU per
     # subscriber than forwarding; the ratio is measured, not assumed.
     assert baseline["subscribers_per_core_ratio"] > 1
+
+
+def test_microbench_measures_every_send_path() -> None:
+    from bench.fanout import run_microbench
+
+    result = run_microbench(subscribers=6, packets=30, repeats=1)
+    assert set(result.us_per_copy) == {
+        "full",
+        "own_socket",
+        "connected",
+        "batched",
+        "rewrite",
+        "floor",
+        "aiortc_serialize",
+    }
+    assert all(value > 0 for value in result.us_per_copy.values())
 
 
 def test_impairment_option_parses() -> None:

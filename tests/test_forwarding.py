@@ -60,20 +60,21 @@ async def test_five_subscribers_decode_forwarded_audio_and_video(sfu: Sfu, codec
                 assert transceiver.receiver._RTCRtpReceiver__decoder_thread is None
                 assert transceiver.sender._RTCRtpSender__encoder is None
         assert decoder_threads() == 2 * len(subs)
-        # Subscriber connections (the SFU offers and controls ICE) send on a
-        # socket connected to the nominated remote; the publisher's, where
-        # the other side may nominate another pair, stays unconnected.
+        # Every connection's media goes through the process's one shared UDP
+        # port (sfu/udpmux.py); forwarded copies through its send batch.
+        assert sfu.mux is not None and len(sfu.mux.sockets) == 1
+        shared = sfu.mux.sockets[0]
+        assert shared.batch is not None and shared.batch.datagrams > 0
+        assert shared.counts()["connections"] == len(sfu.peers) == 6
         for peer in sfu.peers.values():
-            pair = peer.pc.getTransceivers()[0].receiver.transport.transport._connection._nominated[
-                1
-            ]
             media_socket = peer.sink._sock
-            assert media_socket is not None
-            if peer.role == "subscriber":
-                assert media_socket.getpeername() == pair.remote_addr
-            else:
-                with pytest.raises(OSError):
-                    media_socket.getpeername()
+            assert media_socket is shared.sock
+            assert (
+                peer.pc.getTransceivers()[0]
+                .receiver.transport.transport._connection._nominated[1]
+                .protocol.local_candidate.port
+                == shared.address[1]
+            )
 
         # Subscribers get sender reports translated from the publisher's: the
         # NTP time is current and the counts are those of their own stream.
@@ -253,6 +254,39 @@ async def test_late_joiner_starts_fast_and_join_storm_is_coalesced(sfu: Sfu) -> 
         for s in subs:
             await s.close()
         await pub.close()
+
+
+async def test_sockets_of_their_own_when_the_shared_port_is_off() -> None:
+    """``udp_mux = false``: aiortc's socket per connection, subscribers' connected."""
+    from sfu.server import SfuConfig
+
+    async with Sfu(SfuConfig(candidate_addresses=["127.0.0.1"], udp_mux=False)) as sfu:
+        pub, producers = await publish(sfu, "pub", [PatternVideoTrack(160, 120)])
+        subs = [Subscriber(sfu, f"s{i}") for i in range(2)]
+        try:
+            await asyncio.gather(*(s.connect([p.id for p in producers]) for s in subs))
+            assert await wait_for(lambda: all(s.track("video").frames > 10 for s in subs), 15)
+            ports = set()
+            # Subscriber connections (the SFU offers and controls ICE) send on a
+            # socket connected to the nominated remote; the publisher's, where
+            # the other side may nominate another pair, stays unconnected.
+            for peer in sfu.peers.values():
+                pair = peer.pc.getTransceivers()[
+                    0
+                ].receiver.transport.transport._connection._nominated[1]
+                media_socket = peer.sink._sock
+                assert media_socket is not None
+                ports.add(media_socket.getsockname()[1])
+                if peer.role == "subscriber":
+                    assert media_socket.getpeername() == pair.remote_addr
+                else:
+                    with pytest.raises(OSError):
+                        media_socket.getpeername()
+            assert len(ports) == 3
+        finally:
+            for s in subs:
+                await s.close()
+            await pub.close()
 
 
 async def test_leaving_crashing_and_publisher_leaving_release_resources() -> None:
