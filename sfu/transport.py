@@ -13,7 +13,8 @@ whose
 * ICE gatherers offer host candidates on the configured addresses only:
   on the process's shared UDP port (:mod:`sfu.udpmux`), or on a socket of
   their own (aiortc's way, ``[sfu] udp_mux = false``);
-* ICE consent checks wait for answers long enough for satellite links.
+* ICE consent checks wait for answers long enough for satellite links;
+* DTLS uses the process's one certificate (:mod:`sfu.certificate`).
 
 :class:`PeerSink` is the fast send path: SRTP protect with the DTLS
 transport's session, synchronously, and out on the shared socket in one
@@ -46,6 +47,7 @@ from aiortc import (
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
 
+from sfu.certificate import process_certificate
 from sfu.sendbatch import SendBatch, socket_address
 from sfu.srtp import InPlaceProtector
 from sfu.udpmux import MuxedProtocol, UdpMux
@@ -138,6 +140,9 @@ class ForwardingPeerConnection(RTCPeerConnection):
         self._on_sender_ready = on_sender_ready
         self._on_receiver_ready = on_receiver_ready
         super().__init__(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        # The process's certificate, its SSL context and fingerprints made once
+        # (sfu/certificate.py), in place of the one aiortc made for this connection.
+        self._RTCPeerConnection__certificates = [process_certificate()]
 
     def _RTCPeerConnection__createDtlsTransport(self) -> RTCDtlsTransport:
         dtls: RTCDtlsTransport = super()._RTCPeerConnection__createDtlsTransport()  # type: ignore[misc]

@@ -147,7 +147,9 @@ class Room:
         """Announce a member that joined; presenters take a free floor."""
         await self.store.join(self.id, self.record(member), presence_ttl)
         await self.broadcast(
-            {"type": "participant-joined", "participant": self.describe(member)}, exclude=member
+            {"type": "participant-joined", "participant": self.describe(member)},
+            exclude=member,
+            about=member,
         )
         if member.role == "presenter" and self.floor is None:
             await self.set_floor(member.id)
@@ -161,7 +163,7 @@ class Room:
         await self._close_media(member)
         with contextlib.suppress(Exception):
             await self.store.leave(self.id, member.id)
-        await self.broadcast({"type": "participant-left", "participant": member.id})
+        await self.broadcast({"type": "participant-left", "participant": member.id}, about=member)
         if self.floor == member.id:
             await self.set_floor(self._default_floor())
         else:
@@ -181,10 +183,28 @@ class Room:
                 return member.id
         return None
 
-    async def broadcast(self, message: dict[str, Any], exclude: Member | None = None) -> None:
+    @staticmethod
+    def sees(observer: Member, member: Member) -> bool:
+        """Whether ``observer`` hears of ``member``: viewers are announced to moderators only.
+
+        A room of 1,000 viewers would otherwise send every join to every
+        screen (signaling/PROTOCOL.md, "Who hears of whom").
+        """
+        return member.role != "viewer" or observer.role == "moderator" or observer is member
+
+    async def broadcast(
+        self,
+        message: dict[str, Any],
+        exclude: Member | None = None,
+        about: Member | None = None,
+    ) -> None:
+        """Send ``message`` to every member but ``exclude``; if it is ``about`` a
+        member, only to those who see that member (:meth:`sees`)."""
         text = json.dumps(message)
         for member in list(self.members.values()):
             if member is exclude or member.ws is None or member.ws.closed:
+                continue
+            if about is not None and not self.sees(member, about):
                 continue
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await member.ws.send_str(text)
@@ -193,7 +213,9 @@ class Room:
         """Tell everyone (and the store) that a member's state changed."""
         with contextlib.suppress(Exception):
             await self.store.update(self.id, self.record(member))
-        await self.broadcast({"type": "participant-updated", "participant": self.describe(member)})
+        await self.broadcast(
+            {"type": "participant-updated", "participant": self.describe(member)}, about=member
+        )
 
     # ----------------------------------------------------------------- floor
 

@@ -259,7 +259,9 @@ class Session:
             "protocol": PROTOCOL_VERSION,
             "self": {"id": member.id, "name": member.name, "role": member.role},
             "room": {"id": room.id, "recording": room.recording is not None},
-            "participants": [room.describe(m) for m in room.members.values()],
+            "participants": [
+                room.describe(m) for m in room.members.values() if room.sees(member, m)
+            ],
             "floor": room.floor,
         }
         if "id" in message:

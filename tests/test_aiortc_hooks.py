@@ -65,6 +65,16 @@ def test_aioice_connection_hooks() -> None:
     assert "self.receiver.data_received(data" in inspect.getsource(aioice.ice.StunProtocol)
 
 
+def test_certificate_names_the_process_certificate_uses() -> None:
+    """sfu/certificate.py: aiortc's certificate list, context factory and fingerprints."""
+    assert "self.__certificates = [RTCCertificate.generateCertificate()]" in inspect.getsource(
+        RTCPeerConnection.__init__
+    )
+    dtls = inspect.getsource(RTCDtlsTransport)
+    assert "self.__local_certificate._create_ssl_context(" in dtls
+    assert "fingerprints=self.__local_certificate.getFingerprints()" in dtls
+
+
 def test_aioice_names_the_shared_port_uses() -> None:
     """sfu/udpmux.py: a ufrag set before any SDP, protocols and candidates added by hand."""
     connection = aioice.ice.Connection(ice_controlling=False)

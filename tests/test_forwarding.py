@@ -76,6 +76,16 @@ async def test_five_subscribers_decode_forwarded_audio_and_video(sfu: Sfu, codec
                 == shared.address[1]
             )
 
+        # One DTLS certificate for the whole process (sfu/certificate.py): the
+        # same fingerprints in every connection's SDP.
+        fingerprints = [
+            sorted(
+                x for x in p.pc.localDescription.sdp.splitlines() if x.startswith("a=fingerprint")
+            )
+            for p in sfu.peers.values()
+        ]
+        assert fingerprints[0] and all(f == fingerprints[0] for f in fingerprints)
+
         # Subscribers get sender reports translated from the publisher's: the
         # NTP time is current and the counts are those of their own stream.
         async def remote_outbound(sub: Subscriber) -> list[object]:

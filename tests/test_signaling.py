@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -111,7 +112,7 @@ async def test_moderator_mutes_removes_and_ends(
         await presenter.publish([PatternVideoTrack(160, 120), ToneAudioTrack()])
         await moderator.join(token("r2", "moderator"))
         await viewer.join(token("r2", "viewer", "v1", subject="v1"))
-        await other.join(token("r2", "viewer", "v2", subject="v2"))
+        other_joined = await other.join(token("r2", "viewer", "v2", subject="v2"))
         assert await wait_until(lambda: viewer.main("audio").frames > 20, 10)
 
         await moderator.request({"type": "mute", "participant": presenter.self_id, "kind": "audio"})
@@ -122,11 +123,28 @@ async def test_moderator_mutes_removes_and_ends(
         assert viewer.main("audio").frames <= frames + 5  # audio stopped
         assert viewer.main("video").frames > 0
 
+        # Viewers are announced to moderators only: the moderator heard of
+        # both, the other viewer of neither, and its list holds no viewer.
         await moderator.request({"type": "remove", "participant": viewer.self_id})
         await viewer.expect("removed")
         assert await wait_until(lambda: viewer.closed.is_set(), 5)
-        left = await other.expect("participant-left", participant=viewer.self_id)
+        left = await moderator.expect("participant-left", participant=viewer.self_id)
         assert left
+        joined = [m["participant"] for m in moderator.inbox if m["type"] == "participant-joined"]
+        assert {viewer.self_id, other.self_id} <= {p["id"] for p in joined}
+
+        def names_a_viewer(message: dict[str, Any]) -> bool:
+            about = message.get("participant")
+            if isinstance(about, dict):
+                return bool(about["role"] == "viewer")
+            return about == viewer.self_id
+
+        about_viewers = [
+            m for m in other.inbox if m["type"].startswith("participant-") and names_a_viewer(m)
+        ]
+        assert not about_viewers
+        seen = {p["role"] for p in other_joined["participants"] if p["id"] != other.self_id}
+        assert seen == {"presenter", "moderator"}
 
         await moderator.send({"type": "end-room"})
         for client in (presenter, other, moderator):
