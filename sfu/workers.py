@@ -639,11 +639,7 @@ class ClusterSfu(Sfu):
                 totals["out_" + name] -= getattr(consumer.stats, name)
         for snapshot in [self._lost_totals, *(w.totals for w in self.workers)]:
             for key, value in snapshot.items():
-                if key.startswith("out_") or key in (
-                    "send_dropped",
-                    "malformed_rtcp",
-                    "udp_unrouted",
-                ):
+                if key.startswith("out_") or key in _WORKER_COUNTERS:
                     totals[key] = totals.get(key, 0) + value
         return totals
 
