@@ -302,12 +302,19 @@ class UdpMux:
             loop = asyncio.get_running_loop()
             port = self.port
             for address in self.addresses:
-                try:
-                    _, mux_socket = await loop.create_datagram_endpoint(
-                        MuxSocket, local_addr=(address, port)
-                    )
-                except OSError as exc:
-                    logger.error("cannot bind UDP %s port %d: %s", address, port, exc)
+                # With no port configured, the first socket's port is tried for
+                # the others, then any.
+                tries = [port] if self.port or port == 0 else [port, 0]
+                mux_socket = None
+                for candidate_port in tries:
+                    try:
+                        _, mux_socket = await loop.create_datagram_endpoint(
+                            MuxSocket, local_addr=(address, candidate_port)
+                        )
+                        break
+                    except OSError as exc:
+                        logger.error("cannot bind UDP %s port %d: %s", address, candidate_port, exc)
+                if mux_socket is None:
                     continue
                 _tune(mux_socket)
                 self.sockets.append(mux_socket)

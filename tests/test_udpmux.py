@@ -200,3 +200,23 @@ def test_socket_address_is_the_c_layout(family: int) -> None:
     assert struct.unpack("!H", raw[2:4])[0] == 40000
     packed = socket.inet_pton(family, host)
     assert packed in raw
+
+
+async def test_an_address_that_cannot_be_bound_is_skipped_and_none_is_an_error() -> None:
+    # 192.0.2.1 (TEST-NET-1, RFC 5737) is no address of this machine: bind fails.
+    mux = UdpMux(["192.0.2.1", "127.0.0.1"])
+    await mux.open()
+    try:
+        assert [s.address[0] for s in mux.sockets] == ["127.0.0.1"]
+    finally:
+        await mux.close()
+    with pytest.raises(OSError):
+        await UdpMux(["192.0.2.1"]).open()
+    # A configured port that is taken fails at start, not at the first join.
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    try:
+        with pytest.raises(OSError):
+            await UdpMux(["127.0.0.1"], taken.getsockname()[1]).open()
+    finally:
+        taken.close()
