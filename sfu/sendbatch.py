@@ -1,8 +1,8 @@
-"""The fan-out's send: SRTP-protect each copy in place, then one ``sendmmsg(2)`` per tick.
+"""The fan-out's send: SRTP-protect each copy in place, then one ``sendmmsg(2)`` for all.
 
 On the shared socket of :mod:`sfu.udpmux`, every subscriber's copy of a
 packet leaves through the same file descriptor, so the copies of one
-event-loop tick can go to the kernel in one system call. Linux's
+fan-out can go to the kernel in one system call. Linux's
 ``sendmmsg(2)`` (since 3.0, glibc 2.14) takes an array of ``struct
 mmsghdr`` (``sendmsg(2)``'s ``struct msghdr`` plus the length sent), each
 with its own destination (``msg_name``, a ``sockaddr_in``/``sockaddr_in6``

@@ -18,7 +18,7 @@ whose
 
 :class:`PeerSink` is the fast send path: SRTP protect with the DTLS
 transport's session, synchronously, and out on the shared socket in one
-``sendmmsg`` per tick (:mod:`sfu.sendbatch`), or with one ``send`` on a
+``sendmmsg`` per fan-out (:mod:`sfu.sendbatch`), or with one ``send`` on a
 duplicate of the connection's own socket; a full socket buffer drops the
 packet (and counts it) instead of queueing.
 """
@@ -310,7 +310,7 @@ class SrtpSink:
         the packets go out with ``send(2)`` and the kernel keeps the route
         it looked up once instead of one lookup per datagram.
         ``batch``: forwarded copies wait in it for one ``sendmmsg(2)`` per
-        tick (``sock`` is then a shared socket). ``owned``: :meth:`close`
+        fan-out (``sock`` is then a shared socket). ``owned``: :meth:`close`
         closes ``sock`` (not a shared one).
         """
         if session is not self._session:

@@ -23,8 +23,8 @@ process's sockets.
 
 A connection sees an ordinary aioice ``StunProtocol`` whose transport writes
 to the shared socket; the SFU's fan-out writes there too, through a
-:class:`sfu.sendbatch.SendBatch` (one ``sendmmsg(2)`` per event-loop tick for
-all subscribers).
+:class:`sfu.sendbatch.SendBatch` (one ``sendmmsg(2)`` per packet for all
+its subscribers).
 """
 
 from __future__ import annotations
