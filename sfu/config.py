@@ -58,4 +58,9 @@ def load_sfu_config(path: str | Path | None = None) -> SfuConfig:
     if not isinstance(sfu_table, dict):
         raise ConfigError("[sfu] must be a table")
     apply_table(config, sfu_table, "sfu")
+    announced = config.announced_addresses
+    if announced and (len(announced) != len(config.candidate_addresses) or not config.udp_mux):
+        raise ConfigError(
+            "sfu.announced_addresses needs udp_mux and one entry per candidate_addresses entry"
+        )
     return config

@@ -78,6 +78,10 @@ class SfuConfig:
     #: The shared port (0: one the system picks). Worker ``i`` uses
     #: ``udp_port + 1 + i``.
     udp_port: int = 0
+    #: Addresses written in the candidates in place of ``candidate_addresses``,
+    #: one for one (a 1:1 NAT's public address; the private one is bound).
+    #: Empty: the bound addresses. Needs ``udp_mux``.
+    announced_addresses: list[str] = field(default_factory=list)
     router: RouterConfig = field(default_factory=RouterConfig)
     poll_interval: float = 0.02
     rtcp_interval: float = 1.0
@@ -133,7 +137,11 @@ class Sfu:
         self._negotiated: dict[str, RTCRtpCodecParameters] = {}
         #: The shared UDP port's sockets (None: a socket per connection).
         self.mux = (
-            UdpMux(self.config.candidate_addresses, self.config.udp_port)
+            UdpMux(
+                self.config.candidate_addresses,
+                self.config.udp_port,
+                self.config.announced_addresses,
+            )
             if self.config.udp_mux
             else None
         )

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -138,7 +139,9 @@ class MuxedProtocol(ice.StunProtocol):
 class MuxSocket(asyncio.DatagramProtocol):
     """One bound UDP socket shared by the connections' host candidates on one address."""
 
-    def __init__(self) -> None:
+    def __init__(self, announced: str | None = None) -> None:
+        #: The address written in candidates, if not the bound one (1:1 NAT).
+        self.announced = announced
         self.transport: asyncio.DatagramTransport | None = None
         self.sock: socket.socket | None = None
         self.address: Address = ("", 0)
@@ -198,7 +201,7 @@ class MuxSocket(asyncio.DatagramProtocol):
             logger.error("ufrag %s is taken on %s", ufrag, self.address)
             return None
         protocol = MuxedProtocol(connection, self)
-        host, port = self.address[0], self.address[1]
+        host, port = self.announced or self.address[0], self.address[1]
         protocol.local_candidate = Candidate(
             foundation=candidate_foundation("host", "udp", host),
             component=1,
@@ -244,12 +247,20 @@ class UdpMux:
     """The shared sockets of one process: one per candidate address, all on one port.
 
     ``port`` 0 lets the system pick one (the same for every address when it
-    can). Opened by :meth:`open` (or the first connection's gathering),
-    closed by :meth:`close`.
+    can). ``announced``, when given, holds the address to write in the
+    candidates for each of ``addresses`` (behind a 1:1 NAT the public one,
+    which is not on any interface; ICE checks arrive at the bound one).
+    Opened by :meth:`open` (or the first connection's gathering), closed by
+    :meth:`close`.
     """
 
-    def __init__(self, addresses: Sequence[str], port: int = 0) -> None:
+    def __init__(
+        self, addresses: Sequence[str], port: int = 0, announced: Sequence[str] = ()
+    ) -> None:
+        if announced and len(announced) != len(addresses):
+            raise ValueError("one announced address per bound address")
         self.addresses = list(addresses)
+        self.announced: list[str | None] = list(announced) or [None] * len(self.addresses)
         self.port = port
         self.sockets: list[MuxSocket] = []
         self._opening: asyncio.Lock | None = None
@@ -301,7 +312,7 @@ class UdpMux:
                 return
             loop = asyncio.get_running_loop()
             port = self.port
-            for address in self.addresses:
+            for address, announced in zip(self.addresses, self.announced, strict=True):
                 # With no port configured, the first socket's port is tried for
                 # the others, then any.
                 tries = [port] if self.port or port == 0 else [port, 0]
@@ -309,7 +320,8 @@ class UdpMux:
                 for candidate_port in tries:
                     try:
                         _, mux_socket = await loop.create_datagram_endpoint(
-                            MuxSocket, local_addr=(address, candidate_port)
+                            functools.partial(MuxSocket, announced),
+                            local_addr=(address, candidate_port),
                         )
                         break
                     except OSError as exc:
@@ -320,7 +332,12 @@ class UdpMux:
                 self.sockets.append(mux_socket)
                 if port == 0:  # the others on the same port, if free
                     port = mux_socket.address[1]
-                logger.info("media on UDP %s port %d", mux_socket.address[0], mux_socket.address[1])
+                logger.info(
+                    "media on UDP %s port %d%s",
+                    mux_socket.address[0],
+                    mux_socket.address[1],
+                    f" (announced as {announced})" if announced else "",
+                )
             if not self.sockets:
                 raise OSError(f"no UDP port {self.port} on any of {self.addresses}")
 

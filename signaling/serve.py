@@ -51,8 +51,11 @@ async def serve(
         media = f"UDP port {sfu.udp_port}" if sfu.udp_port else "one UDP port the system picked"
         if sfu.udp_port and sfu.workers:
             media += f", workers {sfu.udp_port + 1}-{sfu.udp_port + sfu.workers}"
+    candidates = str(sfu.candidate_addresses)
+    if sfu.announced_addresses:
+        candidates += f" announced as {sfu.announced_addresses}"
     print(
-        f"Telebridge listening on {base} (SFU candidates: {sfu.candidate_addresses}, "
+        f"Telebridge listening on {base} (SFU candidates: {candidates}, "
         f"{media}; media workers: {sfu.workers or 'none, one process'})"
     )
     stop = asyncio.Event()

@@ -42,7 +42,7 @@ def test_default_toml_documents_the_embedded_defaults() -> None:
 
 def test_config_overrides_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[sfu]\npeer_timeout = 3\n[sfu.router]\nkeyframe_interval = 1\n')
+    path.write_text("[sfu]\npeer_timeout = 3\n[sfu.router]\nkeyframe_interval = 1\n")
     config = load_sfu_config(path)
     assert config.peer_timeout == 3.0 and config.router.keyframe_interval == 1.0
     bad_files = [
@@ -50,6 +50,9 @@ def test_config_overrides_and_errors(tmp_path: Path) -> None:
         '[sfu]\npeer_timeout = "x"\n',
         "[sfu\n",
         "[sfu]\nrouter = 1\n",
+        # One announced address per bound one, and only on the shared port.
+        '[sfu]\nannounced_addresses = ["192.0.2.7", "192.0.2.8"]\n',
+        '[sfu]\nudp_mux = false\nannounced_addresses = ["192.0.2.7"]\n',
     ]
     for bad in bad_files:
         path.write_text(bad)

@@ -13,6 +13,7 @@ import struct
 
 import pytest
 from aioice import stun
+from aioice.candidate import Candidate
 from aioice.ice import Connection
 from pylibsrtp import Policy, Session
 
@@ -58,8 +59,14 @@ def test_binding_request_ufrag_is_the_receivers_half_of_username() -> None:
     assert binding_request_ufrag(raw) is None
 
 
-async def connected_pair(mux: UdpMux) -> tuple[Connection, Connection]:
-    """A connection on the shared port (controlled, as the SFU's answering side) and a client."""
+async def connected_pair(
+    mux: UdpMux, nat: dict[str, str] | None = None
+) -> tuple[Connection, Connection]:
+    """A connection on the shared port (controlled, as the SFU's answering side) and a client.
+
+    ``nat`` maps the addresses the server announces to those the client
+    reaches them at, as a 1:1 NAT in front of the server would.
+    """
     server = Connection(ice_controlling=False)
     mux.prepare(server)
     client = Connection(ice_controlling=True)
@@ -69,6 +76,10 @@ async def connected_pair(mux: UdpMux) -> tuple[Connection, Connection]:
     client.remote_username, client.remote_password = server.local_username, server.local_password
     for a, b in ((server, client), (client, server)):
         for candidate in a.local_candidates:
+            if a is server and nat:
+                candidate = Candidate.from_sdp(
+                    candidate.to_sdp().replace(candidate.host, nat[candidate.host])
+                )
             await b.add_remote_candidate(candidate)
         await b.add_remote_candidate(None)
     await asyncio.wait_for(asyncio.gather(server.connect(), client.connect()), 10)
@@ -220,3 +231,21 @@ async def test_an_address_that_cannot_be_bound_is_skipped_and_none_is_an_error()
             await UdpMux(["127.0.0.1"], taken.getsockname()[1]).open()
     finally:
         taken.close()
+
+
+async def test_announced_address_is_in_the_candidate_and_checks_reach_the_bound_one() -> None:
+    # Behind a 1:1 NAT the public address (here TEST-NET-1's 192.0.2.7) is not on
+    # any interface: the server binds 127.0.0.1 and announces 192.0.2.7.
+    mux = UdpMux(["127.0.0.1"], announced=["192.0.2.7"])
+    server, client = await connected_pair(mux, nat={"192.0.2.7": "127.0.0.1"})
+    try:
+        port = mux.sockets[0].address[1]
+        assert [(c.host, c.port) for c in server.local_candidates] == [("192.0.2.7", port)]
+        await client.send(b"through the NAT")
+        assert await asyncio.wait_for(server.recv(), 5) == b"through the NAT"
+    finally:
+        await server.close()
+        await client.close()
+        await mux.close()
+    with pytest.raises(ValueError):
+        UdpMux(["127.0.0.1"], announced=["192.0.2.7", "192.0.2.8"])
