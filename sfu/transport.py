@@ -318,13 +318,13 @@ class SrtpSink:
             self._in_place = InPlaceProtector(session)
         self._protect = session.protect
         self._protect_rtcp = session.protect_rtcp
+        if batch is not None and (self._name is None or addr != self._addr):
+            self._name, self._name_length = socket_address(addr, sock.family)
         self._sock = sock
         self._owned = owned
         self._addr = addr
         self._connected = connected
         self._batch = batch
-        if batch is not None:
-            self._name, self._name_length = socket_address(addr, sock.family)
 
     def send_rtp(self, packet: bytes) -> None:
         protect = self._protect

@@ -128,9 +128,11 @@ class _MuxTransport(asyncio.DatagramTransport):
 class MuxedProtocol(ice.StunProtocol):
     """aioice's per-candidate protocol, on a :class:`MuxSocket` instead of its own socket."""
 
-    def __init__(self, connection: Any, socket_: MuxSocket) -> None:
+    def __init__(self, connection: Any, socket_: MuxSocket, ufrag: str) -> None:
         super().__init__(connection)
         self.mux = socket_
+        #: The connection's local ufrag, its key on the socket.
+        self.ufrag = ufrag
         #: Remote addresses routed to this protocol (see :meth:`MuxSocket.claim`).
         self.addresses: set[Address] = set()
         self.connection_made(_MuxTransport(socket_, self))
@@ -200,7 +202,7 @@ class MuxSocket(asyncio.DatagramProtocol):
         if ufrag in self._by_ufrag:
             logger.error("ufrag %s is taken on %s", ufrag, self.address)
             return None
-        protocol = MuxedProtocol(connection, self)
+        protocol = MuxedProtocol(connection, self, ufrag)
         host, port = self.announced or self.address[0], self.address[1]
         protocol.local_candidate = Candidate(
             foundation=candidate_foundation("host", "udp", host),
@@ -216,9 +218,8 @@ class MuxSocket(asyncio.DatagramProtocol):
 
     def detach(self, protocol: MuxedProtocol) -> None:
         """Forget ``protocol``: its ufrag and addresses route nowhere from now on."""
-        for ufrag, owner in list(self._by_ufrag.items()):
-            if owner is protocol:
-                del self._by_ufrag[ufrag]
+        if self._by_ufrag.get(protocol.ufrag) is protocol:
+            del self._by_ufrag[protocol.ufrag]
         for addr in protocol.addresses:
             if self._by_address.get(addr) is protocol:
                 del self._by_address[addr]
