@@ -34,6 +34,7 @@ import numpy as np
 from bench.clients import LoopbackPeerConnection
 from bench.feed import EncodedLoopTrack, encode_loop
 from bench.impair import Impairment
+from bench.pacer import PACE_MULTIPLIER, Pacer, pace_video
 from bench.presenter import ProtocolClientError, publish_once
 from bench.subscriber import LATENCY_BIN_S, LATENCY_BINS, Drain, LeanSubscriber
 from bench.synthetic import StereoPattern, ToneAudioTrack
@@ -80,6 +81,8 @@ class BenchOptions:
     #: Settings for the spawned server's config file: ``{"sfu": {"udp_mux": "false"}}``
     #: (values are TOML literals).
     server_settings: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: The presenter paces its video like a browser (``bench/pacer.py``); False: aiortc's bursts.
+    pacing: bool = True
 
 
 # ------------------------------------------------------------------ server
@@ -283,6 +286,7 @@ class Presenter:
         )
         self.track: EncodedLoopTrack | None = None
         self.pc: LoopbackPeerConnection | None = None
+        self.pacer: Pacer | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Future[None] | None = None
 
@@ -301,6 +305,8 @@ class Presenter:
             raise RuntimeError(f"the bench presenter was refused: {exc}") from exc
         # A keyframe request restarts the encoded loop at its keyframe.
         self.track.attach(self.pc)
+        if self.options.pacing:
+            self.pacer = pace_video(self.pc, self.track, self.options.bitrate)
         # Keep reading the socket: aiohttp handles the heartbeat's pongs only
         # while someone reads, and closes an unread socket after ~20 s.
         self._reader = asyncio.ensure_future(self._read(self.ws))
@@ -424,6 +430,28 @@ def _percentiles_ms(histogram: np.ndarray, quantiles: tuple[float, ...]) -> dict
         )
         for q in quantiles
     }
+
+
+def _pacing(presenter: Presenter | None) -> dict[str, Any] | None:
+    """How the presenter paced its video over the whole run (None: not paced)."""
+    if presenter is None or presenter.pacer is None:
+        return None
+    pacer = presenter.pacer
+    return {
+        "multiplier": PACE_MULTIPLIER,
+        "packets": pacer.packets,
+        "delayed": pacer.delayed,
+        "longest_backlog_ms": round(1000 * pacer.longest_backlog_s, 1),
+    }
+
+
+def _pacing_line(pacing: dict[str, Any] | None) -> str:
+    if pacing is None:
+        return "off: each frame in one burst"
+    return (
+        f"{pacing['multiplier']}x the bitrate; {pacing['packets']} video packets, "
+        f"longest backlog {pacing['longest_backlog_ms']} ms"
+    )
 
 
 def _quantiles(values: list[float], quantiles: tuple[float, ...]) -> dict[str, float | None]:
@@ -649,6 +677,7 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
         "freezes": overall["freezes"],
         "freeze_s": overall["freeze_s"],
         "keyframe_requests_to_publisher": presenter.keyframe_requests if presenter else 0,
+        "presenter_pacing": _pacing(presenter),
         "busy_refusals": sum(r.get("busy_refusals", 0) for r in results),
         "server": {
             "cpu_pct": round(100 * server_cpu / wall, 1) if server_pid else None,
@@ -777,6 +806,7 @@ def summary_table(report: dict[str, Any]) -> str:
         ("first frame p50/p95 ms", "/".join(str(v) for v in report["first_frame_ms"].values())),
         ("freezes", f"{report['freezes']} ({report['freeze_s']} s)"),
         ("keyframe requests to publisher", str(report["keyframe_requests_to_publisher"])),
+        ("presenter pacing", _pacing_line(report.get("presenter_pacing"))),
         ("joins refused (server-busy, retried)", str(report["busy_refusals"])),
         (
             "server CPU",

@@ -786,7 +786,20 @@ def _load_rows(report: Obj) -> Rows:
         ("Measurement window", _unit(_plain(report.get("duration_s"), 1), "s")),
         ("Video bitrate requested / measured", _measured_bitrate(report)),
         ("Codec, size, frame rate", _video_format(report)),
+        ("Presenter's video pacing", _pacing(report)),
     ]
+
+
+def _pacing(report: Obj) -> str:
+    """How the presenter sent its video: paced like a browser, or in bursts."""
+    if "presenter_pacing" not in report:
+        return DASH  # a report from before the bench paced
+    pacing = _obj(report.get("presenter_pacing"))
+    if not pacing:
+        return "none: each frame in one burst"
+    backlog = _unit(_plain(pacing.get("longest_backlog_ms"), 1), "ms")
+    multiplier = _plain(pacing.get("multiplier"), 1) or DASH
+    return f"{multiplier}x the bitrate, longest backlog {backlog}"
 
 
 def _delivery_rows(report: Obj) -> Rows:

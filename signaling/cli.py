@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --spawn: a config setting for the server, VALUE in TOML (sfu.udp_mux=false)",
     )
     bench.add_argument(
+        "--no-pacing",
+        action="store_true",
+        help="the presenter sends each frame in one burst (aiortc), not paced like a browser",
+    )
+    bench.add_argument(
         "--stereo",
         action="store_true",
         help="the presenter sends the side-by-side 3D card (e.g. --size 1920x1080 --bitrate 6M)",
@@ -306,6 +311,7 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error(f"--slo: unknown keys {sorted(slo)}")
     limit = args.max_subscribers if args.find_max else None
     options.stereo = args.stereo
+    options.pacing = not args.no_pacing
     if args.server_cpus:
         if not args.spawn:
             parser.error("--server-cpus needs --spawn")

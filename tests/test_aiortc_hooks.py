@@ -57,6 +57,17 @@ def test_dtls_transport_hooks() -> None:
     assert "tx_policy.allow_repeat_tx = True" in source  # cached packets can be resent
 
 
+def test_sender_names_the_bench_pacer_uses() -> None:
+    """bench/pacer.py: every RTP packet of a sender goes through ``transport._send_rtp``."""
+    from aiortc.rtcrtpsender import RTCRtpSender
+
+    sender = inspect.getsource(RTCRtpSender)
+    assert sender.count("await self.transport._send_rtp(packet_bytes)") == 2  # frames, repairs
+    assert "packet.extensions.abs_send_time = (" in sender
+    assert "ssrc=self._rtx_ssrc," in sender
+    assert inspect.iscoroutinefunction(RTCDtlsTransport._send_rtp)
+
+
 def test_aioice_connection_hooks() -> None:
     connection = aioice.ice.Connection(ice_controlling=False)
     for name in ("_nominated", "_local_candidates_start", "_local_candidates_end", "_components"):

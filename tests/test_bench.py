@@ -98,6 +98,8 @@ def test_small_clean_run_reports_the_schema_and_no_loss(tmp_path: Path) -> None:
         assert subscriber["lost"] == 0
         assert subscriber["first_frame_ms"] is not None
     assert str(report["verdict"]).startswith("10 subscribers at 400 kbit/s")
+    pacing = report["presenter_pacing"]
+    assert isinstance(pacing, dict) and pacing["multiplier"] == 2.5 and pacing["packets"] > 100
 
 
 def test_impaired_subscribers_recover_and_clean_ones_lose_nothing(tmp_path: Path) -> None:

@@ -140,6 +140,12 @@ def sample_report(*, impaired: bool = True, find_max: bool = False) -> dict[str,
         "freezes": 3,
         "freeze_s": 0.93,
         "keyframe_requests_to_publisher": 2,
+        "presenter_pacing": {
+            "multiplier": 2.5,
+            "packets": 9000,
+            "delayed": 400,
+            "longest_backlog_ms": 75.3,
+        },
         "server": {
             "cpu_pct": 71.0,
             "rss_mb": 264.0,
@@ -368,6 +374,10 @@ def test_page_shows_groups_charts_and_provenance() -> None:
     assert "broke</span>" in page and "AMD EPYC 7R13 Processor" in page
     assert "schema version 1" in page and "2026-11-23T11:40:00Z" in page
     assert "µs" in page and "0.62 MiB per subscriber" in page
+    assert "2.5x the bitrate, longest backlog 75.3 ms" in page
+    report = sample_report()
+    report["presenter_pacing"] = None
+    assert "none: each frame in one burst" in render_html(report)
 
 
 def test_clean_group_affected_is_flagged() -> None:
