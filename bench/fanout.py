@@ -25,7 +25,9 @@ number of copies. Variants measured in the same run, for ratios:
   least any Python forwarder on this socket API can spend;
 * ``aiortc_serialize``: per copy ``RtpPacket.parse`` + field changes +
   ``serialize`` + protect + sendto, the per-copy work of a forwarder built
-  on aiortc's packet objects, for comparison.
+  on aiortc's packet objects, for comparison;
+* ``replay``: per copy of a join's replay, each subscriber joining after
+  the same cached keyframe and the 129 packets since (``batched`` sinks).
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ from sfu.transport import SrtpSink
 
 PACKET_SIZE = 1200
 RECEIVERS = 8
+#: The cached GOP a ``replay`` joiner starts from: ~0.5 s of 720p at 2.5 Mbit/s.
+REPLAY_PACKETS = 130
 
 
 @dataclass
@@ -143,26 +147,41 @@ def _setup(
     router = Router(RouterConfig(video_cache_packets=4096))
     producer = Producer("pub:0", SUPPORTED["video/vp8"], 96, 0x1234, _NullSink(), 1, router.config)
     router.add_producer(producer)
-    layout = Layout(96, "0", 1, None, None)
     opened = [_sending_socket()]
     batch = SendBatch(opened[0], lambda callback: None) if sockets == "batched" else None
     for i in range(subscribers):
-        sink: Any
-        if null:
-            sink = _NullSink()
-        else:
-            sink = SrtpSink()
-            addr = ("127.0.0.1", ports[i % len(ports)])
-            sock = opened[0]
-            if sockets not in ("shared", "batched"):
-                sock = _sending_socket()
-                opened.append(sock)
-                if sockets == "connected":
-                    sock.connect(addr)
-            sink.attach(_session(), sock, addr, connected=sockets == "connected", batch=batch)
-        consumer = Consumer(f"s{i}:0", "video", 0x10000 + i, sink, layout, i * 7, i * 11)
-        router.add_consumer(consumer, "pub:0", 0.0)
+        _subscribe(router, i, ports, null, sockets, opened, batch, 0.0)
     return router, producer, opened, batch
+
+
+def _subscribe(
+    router: Router,
+    i: int,
+    ports: list[int],
+    null: bool,
+    sockets: str,
+    opened: list[socket.socket],
+    batch: SendBatch | None,
+    now: float,
+) -> Consumer:
+    """Subscriber ``i`` of :func:`_setup`'s router joins at ``now``."""
+    sink: Any
+    if null:
+        sink = _NullSink()
+    else:
+        sink = SrtpSink()
+        addr = ("127.0.0.1", ports[i % len(ports)])
+        sock = opened[0]
+        if sockets not in ("shared", "batched"):
+            sock = _sending_socket()
+            opened.append(sock)
+            if sockets == "connected":
+                sock.connect(addr)
+        sink.attach(_session(), sock, addr, connected=sockets == "connected", batch=batch)
+    layout = Layout(96, "0", 1, None, None)
+    consumer = Consumer(f"s{i}:0", "video", 0x10000 + i, sink, layout, i * 7, i * 11)
+    router.add_consumer(consumer, "pub:0", now)
+    return consumer
 
 
 def _run_setup(
@@ -192,6 +211,30 @@ def _run_router(
         now += 0.0035
         time.sleep(0)  # let the drain process run on a 2-core box
     return time.thread_time() - start
+
+
+def _run_replay(subscribers: int, ports: list[int], packets: list[bytes]) -> float:
+    """µs per replayed copy: ``subscribers`` join one by one after ``packets`` (a
+    keyframe first) and each starts from the cache, as joiners of a storm do;
+    shared socket and send batch, flushed after each join."""
+    router, producer, opened, batch = _setup(0, ports, null=False, sockets="batched")
+    assert batch is not None
+    try:
+        for packet in packets:
+            router.on_rtp(producer, packet, 1.0)
+        joined = []
+        start = time.thread_time()
+        for i in range(subscribers):
+            joined.append(_subscribe(router, i, ports, False, "batched", opened, batch, 1.0))
+            batch.flush()
+            time.sleep(0)
+        elapsed = time.thread_time() - start
+        if any(consumer.stats.packets != len(packets) for consumer in joined):
+            raise RuntimeError("a replay joiner did not start from the cached keyframe")
+        return elapsed / (subscribers * len(packets)) * 1e6
+    finally:
+        for sock in opened:
+            sock.close()
 
 
 def _run_aiortc(subscribers: int, ports: list[int], packets: list[bytes]) -> float:
@@ -244,6 +287,7 @@ def run_microbench(subscribers: int, packets: int, repeats: int) -> MicrobenchRe
             "rewrite": [],
             "floor": [],
             "aiortc_serialize": [],
+            "replay": [],
         }
         copies = subscribers * packets
         for _ in range(repeats):
@@ -256,6 +300,7 @@ def run_microbench(subscribers: int, packets: int, repeats: int) -> MicrobenchRe
             samples["aiortc_serialize"].append(
                 _run_aiortc(subscribers, ports, stream) / copies * 1e6
             )
+            samples["replay"].append(_run_replay(subscribers, ports, stream[:REPLAY_PACKETS]))
     finally:
         stop.set()
         drain.join(timeout=5)
@@ -290,6 +335,8 @@ def main(
     )
     batched, connected = result.us_per_copy["batched"], result.us_per_copy["connected"]
     print(f"shared socket + sendmmsg per fan-out = {batched / connected:.2f}x connected sockets")
+    replay = result.us_per_copy["replay"]
+    print(f"a joiner's replay from the cache = {replay / batched:.2f}x a live fan-out copy")
     if json_path:
         with open(json_path, "w") as f:
             json.dump(asdict(result), f, indent=2)

@@ -802,6 +802,13 @@ def _pacing(report: Obj) -> str:
     return f"{multiplier}x the bitrate, longest backlog {backlog}"
 
 
+def _join_cpu(server: Obj) -> str:
+    """CPU per join over the ramp, and the estimate without the ramp's forwarding."""
+    gross = _unit(_plain(server.get("cpu_ms_per_join"), 1), "ms")
+    net = _plain(server.get("cpu_ms_per_join_net"), 1)
+    return gross if net is None or gross == DASH else f"{gross} ({net} ms without forwarding)"
+
+
 def _delivery_rows(report: Obj) -> Rows:
     """The summary's delivery rows (what subscribers got)."""
     return [
@@ -836,7 +843,7 @@ def _server_rows(report: Obj) -> Rows:
         ("CPU", cpu if cpu == DASH else f"{cpu} of one core"),
         ("CPU per forwarded packet copy", _unit(_plain(server.get("us_per_packet"), 1), "µs")),
         ("Packets forwarded", _count(server.get("packets_out")) or DASH),
-        ("CPU per join (over the ramp)", _unit(_plain(server.get("cpu_ms_per_join"), 1), "ms")),
+        ("CPU per join (over the ramp)", _join_cpu(server)),
         ("Packets resent (NACK answers)", _count(server.get("retransmissions")) or DASH),
         ("NACKs over the repair budget", _count(server.get("repairs_shed")) or DASH),
         ("Resident memory (RSS, summed)", rss if per == DASH else f"{rss} ({per} per subscriber)"),

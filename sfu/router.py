@@ -41,6 +41,9 @@ from sfu.rtp import (
 )
 
 _U32 = 0xFFFFFFFF
+#: A packet made ready for one layout: the fixed header's first two bytes,
+#: everything after the fixed header, its RTP timestamp and its size as received.
+_Template = tuple[int, int, bytes, int, int]
 
 
 class BandwidthEstimator(Protocol):
@@ -192,6 +195,9 @@ class Producer:
         self.groups: dict[Layout, list[Consumer]] = {}
         #: Consumers switching to this producer at its next keyframe.
         self.pending: list[Consumer] = []
+        #: The cached keyframe's packets as fan-out templates, per layout, built
+        #: by the first replay and reused by the next joiners (see Router._replay).
+        self.replay_templates: dict[Layout, list[_Template | None]] = {}
         self.stats = ProducerStats()
         #: Muted by a moderator: still cached, not forwarded.
         self.paused = False
@@ -441,6 +447,7 @@ class Router:
                 producer.audio_level_time = now
         if keyframe_start:
             stats.keyframes += 1
+            producer.replay_templates.clear()
             producer.keyframe_requests.keyframe_received()
             if producer.pending:
                 for consumer in producer.pending:
@@ -547,20 +554,60 @@ class Router:
         del consumer.segments[:-_MAX_SEGMENTS]
 
     def _replay(self, consumer: Consumer, producer: Producer, now: float) -> None:
-        """Start a consumer from the cached keyframe: send the GOP so far at once."""
+        """Start a consumer from the cached keyframe: send the GOP so far at once.
+
+        The packets are rewritten the way the fan-out does it (one template
+        per packet and layout, then a fixed header per copy, sent through the
+        consumer's in-place path). The templates stay with the producer until
+        its next keyframe: in a join storm every joiner after the first
+        replays the same packets, and pays for the header only.
+        """
         cache = producer.cache
         first = cache.key_start
         packet = cache.get(first)
         assert packet is not None  # keyframe_usable() checked it
         self._switch(consumer, producer, first, parse(packet).timestamp, now)
-        for ext_seq, cached in cache.since_keyframe():
-            out = self._rewrite_for(
-                consumer, producer, cached, ext_seq, consumer.seq_offset, consumer.ts_offset
-            )
-            if out is not None:
-                consumer.sink.send_rtp(out)
-                consumer.stats.packets += 1
-                consumer.stats.bytes += len(cached)
+        templates = self._replay_templates(producer, consumer.layout)
+        pack = FIXED_HEADER.pack
+        send_header = consumer.send_header
+        seq_offset, ts_offset, ssrc = consumer.seq_offset, consumer.ts_offset, consumer.ssrc
+        cstats = consumer.stats
+        for ext_seq, template in enumerate(templates, first):
+            if template is None:
+                continue
+            b0, b1, tail, ts, size = template
+            seq = (ext_seq + seq_offset) & 0xFFFF
+            out_ts = (ts + ts_offset) & _U32
+            if send_header is not None:
+                send_header(b0, b1, seq, out_ts, ssrc, tail)
+            else:
+                consumer.sink.send_rtp(pack(b0, b1, seq, out_ts, ssrc) + tail)
+            cstats.packets += 1
+            cstats.bytes += size
+
+    @staticmethod
+    def _replay_templates(producer: Producer, layout: Layout) -> list[_Template | None]:
+        """Templates for the cached keyframe and every packet since, for ``layout``.
+
+        Indexed from the keyframe's first packet; extended to the newest
+        packet on each call (keyframe_usable() vouched that none is missing).
+        None marks a packet that does not parse (it is not sent).
+        """
+        cache = producer.cache
+        templates = producer.replay_templates.setdefault(layout, [])
+        for ext_seq in range(cache.key_start + len(templates), cache.highest + 1):
+            data = cache.get(ext_seq)
+            try:
+                if data is None:
+                    raise RtpError("not cached")
+                header = parse(data)
+            except RtpError:
+                templates.append(None)
+                continue
+            block = _extension_block(layout, data, header, producer)
+            b0, b1, tail = build_template(data, header, layout.payload_type, block)
+            templates.append((b0, b1, tail, header.timestamp, len(data)))
+        return templates
 
     @staticmethod
     def _rewrite_for(

@@ -88,6 +88,8 @@ def test_small_clean_run_reports_the_schema_and_no_loss(tmp_path: Path) -> None:
     assert server["memory_mb_idle"] > 0 and 0 < server["memory_mb"] <= server["rss_mb"]
     assert server["memory_mb_per_subscriber_marginal"] is not None
     assert server["ramp_cpu_s"] > 0 and server["cpu_ms_per_join"] > 0
+    assert server["ramp_copies"] > 0
+    assert 0 <= server["cpu_ms_per_join_net"] <= server["cpu_ms_per_join"]
     assert {"cpu_pct", "us_per_packet"} <= set(client)
     groups = report["groups"]
     assert isinstance(groups, dict) and groups["impaired"] is None
@@ -168,6 +170,7 @@ def test_microbench_measures_every_send_path() -> None:
         "rewrite",
         "floor",
         "aiortc_serialize",
+        "replay",
     }
     assert all(value > 0 for value in result.us_per_copy.values())
 

@@ -1126,6 +1126,31 @@ def test_instant_start_replays_cached_gop() -> None:
     assert last.payload == decode(live[0]).payload
 
 
+def test_later_joiners_replay_the_same_templates_until_the_next_keyframe() -> None:
+    router = Router(small_config())
+    a, _ = video_producer(router, "A", 0xA0)
+    pub, gop = _gop(router, a, 0xA0)
+    c, c_sink = consumer("c", 0xC0, initial_seq=100)
+    router.add_consumer(c, "A", 1.2)
+    templates = a.replay_templates[c.layout]
+    assert len(templates) == 7
+    gop += pub.frame(1.125, packets=2)
+    d, d_sink = consumer("d", 0xD0, initial_seq=9000, initial_ts=5)
+    router.add_consumer(d, "A", 1.25)
+    # The first joiner's templates, extended by the two packets since.
+    assert a.replay_templates[c.layout] is templates and len(templates) == 9
+    key_ts = decode(gop[0]).ts
+    outs = [decode(p) for p in d_sink.rtp]
+    assert [o.seq for o in outs] == list(range(9000, 9009))
+    for source, out in zip(gop, outs, strict=True):
+        assert out.payload == decode(source).payload and out.ssrc == 0xD0
+        assert out.ts == (5 + decode(source).ts - key_ts) & U32
+    assert d.stats.packets == 9 and d.stats.bytes == sum(len(p) for p in gop)
+    assert len(c_sink.rtp) == 9  # 7 replayed, then the 2 live ones
+    pub.frame(1.5, key=True, packets=1)
+    assert a.replay_templates == {}
+
+
 @pytest.mark.parametrize("why", ["stale", "hole"])
 def test_no_instant_start_from_unusable_keyframe(why: str) -> None:
     router = Router(small_config())

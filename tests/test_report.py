@@ -152,6 +152,8 @@ def sample_report(*, impaired: bool = True, find_max: bool = False) -> dict[str,
             "rss_mb_per_subscriber": 0.62,
             "us_per_packet": 9.8,
             "packets_out": 2_241_000,
+            "cpu_ms_per_join": 21.0,
+            "cpu_ms_per_join_net": 9.5,
         },
         "client": {"cpu_pct": 188.0, "us_per_packet": 6.1, "processes": 4},
         "slo": {"loss_pct": 0.5, "p99_ms": 250, "held": True},
@@ -375,6 +377,7 @@ def test_page_shows_groups_charts_and_provenance() -> None:
     assert "schema version 1" in page and "2026-11-23T11:40:00Z" in page
     assert "µs" in page and "0.62 MiB per subscriber" in page
     assert "2.5x the bitrate, longest backlog 75.3 ms" in page
+    assert "21 ms (9.5 ms without forwarding)" in page
     report = sample_report()
     report["presenter_pacing"] = None
     assert "none: each frame in one burst" in render_html(report)
