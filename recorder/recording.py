@@ -206,9 +206,7 @@ class RoomRecording:
             layout = state.stereo.get(state.main_holder, "mono")
             if layout != self.stereo:
                 self.stereo = layout
-                self._stereo_changes.append(
-                    {"at_s": round(now - self.start, 3), "stereo": layout}
-                )
+                self._stereo_changes.append({"at_s": round(now - self.start, 3), "stereo": layout})
         for member_id, opened in self._publications.items():
             self._file_stereo[opened.file.name] = state.stereo.get(member_id, "mono")
 
