@@ -4,7 +4,7 @@ One cache per published stream (not per subscriber) holds the last
 ``capacity`` packets by extended sequence number. It serves:
 
 * NACKs from subscribers (RFC 4585 §6.2.1), mapped back to source sequence
-  numbers by each subscriber's :class:`sfu.rewriter.SeqRewriter`;
+  numbers through each consumer's offsets (:class:`sfu.router.Router`);
 * the instant start of a new subscriber or of a source switch: the packets
   from the start of the most recent keyframe up to the newest packet (the
   group of pictures so far), when that keyframe is complete and young enough.
@@ -14,8 +14,6 @@ bounded by ``capacity`` times the packet size whatever the subscribers do.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 
 class PacketCache:
@@ -98,19 +96,3 @@ class PacketCache:
         seqs = self._seqs
         mask = self._mask
         return all(seqs[s & mask] == s for s in range(start, self.highest + 1))
-
-    def since_keyframe(self) -> Iterator[tuple[int, bytes]]:
-        """Yield ``(ext_seq, packet)`` from the newest keyframe start to the newest packet."""
-        if self.key_start < 0:
-            return
-        for ext_seq in range(self.key_start, self.highest + 1):
-            packet = self.get(ext_seq)
-            if packet is not None:
-                yield ext_seq, packet
-
-    def clear(self) -> None:
-        """Forget every packet (the stream restarted with another sequence space)."""
-        self._seqs = [-1] * self.capacity
-        self._packets = [None] * self.capacity
-        self.highest = -1
-        self.key_start = -1
