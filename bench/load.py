@@ -543,9 +543,6 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
             # The server with its publisher and no subscriber: the fixed cost.
             _, idle_memory = process_tree_memory(spawned.process.pid) if spawned else (0.0, None)
             ramp_cpu_start = process_tree_cpu(spawned.process.pid) if spawned else 0.0
-            ramp_copies_start = (await server_counters(http, url)).get(
-                "telebridge_packets_out_total", 0
-            )
             impaired = round(options.subscribers * options.impair_fraction)
             plans = [
                 SubscriberPlan(
@@ -572,6 +569,7 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
 
             # Ramp up: wait for every subscriber to receive media (bounded).
             deadline = time.monotonic() + options.subscribers / options.ramp + 30
+            progress: list[Any] = []
             while time.monotonic() < deadline:
                 await asyncio.sleep(1.0)
                 progress = await asyncio.to_thread(ask, "progress")
@@ -583,9 +581,10 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
                 if receiving >= options.subscribers:
                     break
             ramp_cpu = (process_tree_cpu(spawned.process.pid) if spawned else 0.0) - ramp_cpu_start
-            ramp_copies = (await server_counters(http, url)).get(
-                "telebridge_packets_out_total", 0
-            ) - ramp_copies_start
+            # The copies forwarded over the ramp, as the subscribers counted
+            # them at the same moment (the server's own counter lags by up to a
+            # second when workers forward: it sums their periodic snapshots).
+            ramp_copies = sum(p["packets"] for p in progress)
             await asyncio.sleep(1.0)
 
             server_pid = spawned.process.pid if spawned else None
