@@ -32,6 +32,7 @@ import os
 import random
 import select
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,13 @@ def busy_backoff(attempt: int, rng: random.Random | None = None) -> float:
 
 #: At most this many datagrams per socket in one batch (a busy socket waits for the next).
 MAX_ROUNDS = 256
+#: Linux's SO_TIMESTAMPNS (asm-generic/socket.h; Python's socket module does not
+#: name it): each datagram comes with the time the kernel queued it, a
+#: ``struct timespec`` in a control message (socket(7)).
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+#: Room for that control message (CMSG_SPACE of a timespec on 64-bit Linux).
+_ANCILLARY_BYTES = 64
 #: How often NACK retries are due and receiver reports (every second) are checked.
 TICK_S = 0.02
 
@@ -673,6 +681,13 @@ class Drain:
     none is ready: a subscriber has two or three datagrams per batch, and a
     ``recv`` loop per socket would pay for a failing ``recv`` (an
     exception) on each, which costs about as much as the datagrams.
+
+    Each datagram is timed by the kernel's receive timestamp
+    (``SO_TIMESTAMPNS``), not by the batch that read it: latency, jitter
+    and freezes then measure the path up to this machine's socket, not how
+    long the load generator took to come round (up to the batch interval,
+    or longer when its process waits for a core). Where the option is
+    refused, datagrams keep the batch's time.
     """
 
     def __init__(self, interval: float = 0.008) -> None:
@@ -685,6 +700,8 @@ class Drain:
         self._task: asyncio.Task[None] | None = None
 
     def add(self, subscriber: LeanSubscriber) -> None:
+        with contextlib.suppress(OSError):
+            subscriber.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.subscribers.add(subscriber)
         fd = subscriber.sock.fileno()
         self._by_fd[fd] = subscriber
@@ -720,6 +737,7 @@ class Drain:
         """Read every ready socket empty, one datagram per socket per round."""
         poll = self._poller.poll
         by_fd = self._by_fd
+        unpack_timespec = _TIMESPEC.unpack_from
         for _ in range(MAX_ROUNDS):
             ready = poll(0)
             if not ready:
@@ -729,12 +747,18 @@ class Drain:
                 if subscriber is None:
                     continue  # discarded during this batch
                 try:
-                    data = subscriber.sock.recv(2048)
+                    data, ancillary, _, _ = subscriber.sock.recvmsg(2048, _ANCILLARY_BYTES)
                 except OSError:  # nothing after all, or an ICMP error: next round
                     continue
                 self.packets += 1
                 path = subscriber.path
                 if path is None:
+                    if ancillary:
+                        level, kind, cdata = ancillary[0]
+                        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                            seconds, nanoseconds = unpack_timespec(cdata)
+                            subscriber.on_datagram(data, seconds + nanoseconds * 1e-9)
+                            continue
                     subscriber.on_datagram(data, now, now24)
                 else:
                     path.deliver_later(subscriber.on_delayed_datagram, data, "down")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -216,6 +219,42 @@ def test_fast_path_counts_exactly_like_the_general_path(monkeypatch: pytest.Monk
     assert result["recovered"] > 0 and result["freezes"] == 1
     assert sum(result["latency_histogram"].values()) > 1000  # one per video packet
     assert result["jitter_ms"] > 0
+
+
+class _Arrivals(LeanSubscriber):
+    """A subscriber that keeps the time the drain gives each datagram."""
+
+    def __init__(self) -> None:
+        super().__init__("arrivals", "", "", cast(Any, None), Drain(interval=3600))
+        self.times: list[float] = []
+
+    def on_datagram(self, data: bytes, now: float, now24: int | None = None) -> None:
+        self.times.append(now)
+
+
+async def test_the_drain_times_datagrams_by_their_arrival_not_by_its_batch() -> None:
+    subscriber = _Arrivals()
+    subscriber.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        subscriber.sock.bind(("127.0.0.1", 0))
+        subscriber.sock.setblocking(False)
+        subscriber.drain.add(subscriber)
+        sent = time.time()
+        sender.sendto(bytes(100), subscriber.sock.getsockname())
+        sender.sendto(bytes(100), subscriber.sock.getsockname())
+        time.sleep(0.3)  # the load generator comes round late (its batches never come)
+        batch = time.time()
+        subscriber.drain._drain(batch, 0)
+        assert len(subscriber.times) == 2
+        # The kernel's receive time (SO_TIMESTAMPNS), not the batch's clock.
+        assert all(sent - 0.01 <= t < batch - 0.2 for t in subscriber.times)
+    finally:
+        subscriber.drain.discard(subscriber)
+        if subscriber.drain._task is not None:
+            subscriber.drain._task.cancel()
+        subscriber.sock.close()
+        sender.close()
 
 
 def test_busy_backoff_doubles_to_ten_seconds_with_jitter() -> None:
