@@ -3,8 +3,9 @@
 Each one joins over the real protocol (WebSocket, JWT, the SFU's offer and
 its answer), completes ICE, DTLS and SRTP with aiortc, then takes its UDP
 socket away from aiortc: a process-wide drain reads every subscriber's
-socket in batches a few milliseconds apart and keeps counters from the RTP
-headers, which SRTP leaves in the clear (RFC 3711 §3.1). It decrypts only
+socket in batches a few milliseconds apart, times each datagram by the
+kernel's receive timestamp, and keeps counters from the RTP headers, which
+SRTP leaves in the clear (RFC 3711 §3.1). It decrypts only
 what it needs: RTX packets (their original sequence number) and video until
 the first keyframe; payload integrity is therefore not checked for the
 rest, which a loopback bench does not need. The next packet of a stream,
