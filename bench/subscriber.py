@@ -34,6 +34,7 @@ import random
 import select
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -701,8 +702,9 @@ class Drain:
         self._task: asyncio.Task[None] | None = None
 
     def add(self, subscriber: LeanSubscriber) -> None:
-        with contextlib.suppress(OSError):
-            subscriber.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        if sys.platform.startswith("linux"):  # elsewhere 35 is another option, or none
+            with contextlib.suppress(OSError):
+                subscriber.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.subscribers.add(subscriber)
         fd = subscriber.sock.fileno()
         self._by_fd[fd] = subscriber
