@@ -12,6 +12,14 @@ RTP timestamp placed on the SR's NTP/RTP mapping, and that clock is tied
 to this server's by the smallest transit seen (publisher clock -> arrival).
 Audio and video of one publisher share its clock, so they stay in sync;
 before the first SR the arrival of the fastest frame anchors RTP time.
+
+A new anchor (the first frame, the first SR, another source) is not taken
+from one frame: the frames of the next ``ANCHOR_WINDOW_S`` wait, and all of
+them are timed with the smallest transit among them. A subscriber that
+starts from the SFU's cache gets up to a second of video at once; timed one
+by one against a minimum still falling, those frames would all land on
+nearly the same instant and play as a fast-forward at the start of the file
+and at every floor handover.
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ _KEYFRAME_WAIT = 3.0
 #: Frames held while a file waits for its first keyframe (about 10 s of audio).
 _MAX_PENDING = 600
 _HALF = 1 << 31
+#: After a track (re)anchors its clock, its frames wait this long, by arrival,
+#: for the smallest transit among them before they get presentation times.
+ANCHOR_WINDOW_S = 0.2
 
 
 class MediaPlane(Protocol):
@@ -73,6 +84,9 @@ class TrackRecorder:
         self.assembler = FrameAssembler(self.spec.codec)
         self._anchor_key: tuple[str | None, bool] | None = None
         self._offset = 0.0
+        #: Frames (with their base time) waiting for a new anchor, and until when.
+        self._held: list[tuple[Frame, float]] = []
+        self._anchoring_until = 0.0
         self._last_pts = -1
         self._last_timestamp: int | None = None
 
@@ -92,6 +106,8 @@ class TrackRecorder:
         """Release frames whose gaps expired; send NACKs and keyframe requests."""
         for frame in self.assembler.poll(now):
             self._deliver(frame)
+        if self._held and now >= self._anchoring_until:
+            self._release()
         lost = self.assembler.nacks(now)
         if lost:
             self._media.local_feedback(self.consumer_id, rtcp.Nack(0, 0, tuple(lost)))
@@ -102,9 +118,34 @@ class TrackRecorder:
         """End of recording: write what is complete, drop the rest."""
         for frame in self.assembler.flush():
             self._deliver(frame)
+        self._release()
 
     def _deliver(self, frame: Frame) -> None:
-        pts = round((self._capture_time(frame) - self.file.start) * 1000)
+        """Time a complete frame (see the module docstring) and hand it to the file."""
+        base, key = self._base(frame)
+        transit = frame.arrival - base
+        if key != self._anchor_key:  # new source or first SR: a new clock to tie
+            self._release()
+            self._anchor_key = key
+            self._offset = transit
+            self._anchoring_until = frame.arrival + ANCHOR_WINDOW_S
+        else:
+            self._offset = min(self._offset, transit)
+        if self._held or frame.arrival < self._anchoring_until:
+            self._held.append((frame, base))
+            if frame.arrival >= self._anchoring_until:
+                self._release()
+            return
+        self._write(frame, base)
+
+    def _release(self) -> None:
+        """Time the held frames with the anchor they waited for."""
+        held, self._held = self._held, []
+        for frame, base in held:
+            self._write(frame, base)
+
+    def _write(self, frame: Frame, base: float) -> None:
+        pts = round((base + self._offset - self.file.start) * 1000)
         pts = max(pts, self._last_pts + 1)
         if self._last_timestamp is None:
             duration = 20 if self.spec.kind == "audio" else 33
@@ -115,25 +156,15 @@ class TrackRecorder:
         self._last_timestamp = frame.timestamp
         self.file.add_frame(self.index, frame, pts, duration, frame.arrival)
 
-    def _capture_time(self, frame: Frame) -> float:
-        """The frame's capture time on this server's clock (see the module docstring)."""
+    def _base(self, frame: Frame) -> tuple[float, tuple[str | None, bool]]:
+        """The frame's capture time on its publisher's clock, and which clock that is."""
         mapping = self._media.clock_mapping(self.consumer_id)
-        key: tuple[str | None, bool]
         if mapping is not None:
             source, wall, rtp_now = mapping
             delta = ((frame.timestamp - rtp_now + _HALF) & 0xFFFFFFFF) - _HALF
-            base = wall + delta / self._clock_rate
-            key = (source, True)
-        else:
-            base = frame.timestamp / self._clock_rate
-            key = (self._media.track_source(self.consumer_id), False)
-        transit = frame.arrival - base
-        if key != self._anchor_key:  # new source or first SR: a new clock to tie
-            self._anchor_key = key
-            self._offset = transit
-        else:
-            self._offset = min(self._offset, transit)
-        return base + self._offset
+            return wall + delta / self._clock_rate, (source, True)
+        base = frame.timestamp / self._clock_rate
+        return base, (self._media.track_source(self.consumer_id), False)
 
 
 @dataclass(slots=True)
