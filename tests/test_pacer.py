@@ -82,7 +82,7 @@ def test_audio_and_rtcp_are_not_delayed_by_a_video_backlog() -> None:
     audio = rtp(AUDIO, 7, size=200)
 
     async def scenario() -> None:
-        for seq in range(20):  # 0.19 s of video at 1 Mbit/s, queued by another task
+        for seq in range(20):  # 0.19 s of video at 1 Mbit/s, with audio and RTCP among it
             await pacer.send(rtp(VIDEO, seq))
             if seq == 5:
                 await pacer.send(audio)
