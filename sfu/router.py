@@ -562,12 +562,11 @@ class Router:
         its next keyframe: in a join storm every joiner after the first
         replays the same packets, and pays for the header only.
         """
-        cache = producer.cache
-        first = cache.key_start
-        packet = cache.get(first)
-        assert packet is not None  # keyframe_usable() checked it
-        self._switch(consumer, producer, first, parse(packet).timestamp, now)
+        first = producer.cache.key_start
         templates = self._replay_templates(producer, consumer.layout)
+        key = templates[0]
+        assert key is not None  # keyframe_usable() checked it; it parsed when it came
+        self._switch(consumer, producer, first, key[3], now)
         pack = FIXED_HEADER.pack
         send_header = consumer.send_header
         seq_offset, ts_offset, ssrc = consumer.seq_offset, consumer.ts_offset, consumer.ssrc
@@ -597,16 +596,7 @@ class Router:
         templates = producer.replay_templates.setdefault(layout, [])
         for ext_seq in range(cache.key_start + len(templates), cache.highest + 1):
             data = cache.get(ext_seq)
-            try:
-                if data is None:
-                    raise RtpError("not cached")
-                header = parse(data)
-            except RtpError:
-                templates.append(None)
-                continue
-            block = _extension_block(layout, data, header, producer)
-            b0, b1, tail = build_template(data, header, layout.payload_type, block)
-            templates.append((b0, b1, tail, header.timestamp, len(data)))
+            templates.append(None if data is None else _template(producer, layout, data))
         return templates
 
     @staticmethod
@@ -618,24 +608,13 @@ class Router:
         seq_offset: int,
         ts_offset: int,
     ) -> bytes | None:
-        """One packet rewritten for one consumer, off the hot path (replays, NACKs)."""
-        try:
-            header = parse(data)
-        except RtpError:
+        """One packet rewritten for one consumer, off the hot path (NACK answers)."""
+        template = _template(producer, consumer.layout, data)
+        if template is None:
             return None
-        layout = consumer.layout
-        block = _extension_block(layout, data, header, producer)
-        b0, b1, tail = build_template(data, header, layout.payload_type, block)
-        return (
-            FIXED_HEADER.pack(
-                b0,
-                b1,
-                (ext_seq + seq_offset) & 0xFFFF,
-                (header.timestamp + ts_offset) & _U32,
-                consumer.ssrc,
-            )
-            + tail
-        )
+        b0, b1, tail, ts, _ = template
+        seq = (ext_seq + seq_offset) & 0xFFFF
+        return FIXED_HEADER.pack(b0, b1, seq, (ts + ts_offset) & _U32, consumer.ssrc) + tail
 
     # ------------------------------------------------------------- feedback
 
@@ -912,6 +891,17 @@ def _unwrap_rtx(
         + data[pos + 2 : header.payload_end]
     )
     return original, parse(original)
+
+
+def _template(producer: Producer, layout: Layout, data: bytes) -> _Template | None:
+    """A cached packet of ``producer`` made ready for ``layout`` (None: it does not parse)."""
+    try:
+        header = parse(data)
+    except RtpError:
+        return None
+    block = _extension_block(layout, data, header, producer)
+    b0, b1, tail = build_template(data, header, layout.payload_type, block)
+    return b0, b1, tail, header.timestamp, len(data)
 
 
 def _extension_block(layout: Layout, data: bytes, header: RtpHeader, producer: Producer) -> bytes:
