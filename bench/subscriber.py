@@ -689,7 +689,8 @@ class Drain:
     and freezes then measure the path up to this machine's socket, not how
     long the load generator took to come round (up to the batch interval,
     or longer when its process waits for a core). Where the option is
-    refused, datagrams keep the batch's time.
+    refused, datagrams keep the batch's time, and so do the few that arrive
+    before the kernel has turned stamping on (deferred work, milliseconds).
     """
 
     def __init__(self, interval: float = 0.008) -> None:

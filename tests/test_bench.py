@@ -232,6 +232,25 @@ class _Arrivals(LeanSubscriber):
         self.times.append(now)
 
 
+def _await_arrival_stamps(subscriber: _Arrivals, sender: socket.socket) -> None:
+    """Wait until the kernel stamps datagrams when they arrive.
+
+    The first socket to ask for timestamps turns them on by deferred work
+    (``net_enable_timestamp`` in net/core/dev.c); until that work has run,
+    a datagram is stamped when it is read, that is with the batch's time.
+    """
+    for _ in range(100):
+        sender.sendto(bytes(10), subscriber.sock.getsockname())
+        time.sleep(0.02)
+        batch = time.time()
+        subscriber.drain._drain(batch, 0)
+        stamped = subscriber.times[:]
+        subscriber.times.clear()
+        if stamped and stamped[-1] < batch - 0.01:
+            return
+    raise AssertionError("the kernel never stamped a datagram on arrival")
+
+
 async def test_the_drain_times_datagrams_by_their_arrival_not_by_its_batch() -> None:
     subscriber = _Arrivals()
     subscriber.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -240,6 +259,7 @@ async def test_the_drain_times_datagrams_by_their_arrival_not_by_its_batch() -> 
         subscriber.sock.bind(("127.0.0.1", 0))
         subscriber.sock.setblocking(False)
         subscriber.drain.add(subscriber)
+        _await_arrival_stamps(subscriber, sender)
         sent = time.time()
         sender.sendto(bytes(100), subscriber.sock.getsockname())
         sender.sendto(bytes(100), subscriber.sock.getsockname())
@@ -248,7 +268,11 @@ async def test_the_drain_times_datagrams_by_their_arrival_not_by_its_batch() -> 
         subscriber.drain._drain(batch, 0)
         assert len(subscriber.times) == 2
         # The kernel's receive time (SO_TIMESTAMPNS), not the batch's clock.
-        assert all(sent - 0.01 <= t < batch - 0.2 for t in subscriber.times)
+        assert all(sent - 0.01 <= t < batch - 0.2 for t in subscriber.times), (
+            sent,
+            batch,
+            subscriber.times,
+        )
     finally:
         subscriber.drain.discard(subscriber)
         if subscriber.drain._task is not None:
