@@ -266,6 +266,21 @@ async def server_counters(http: aiohttp.ClientSession, url: str) -> dict[str, fl
     return values
 
 
+async def _server_lag_ms(http: aiohttp.ClientSession, url: str) -> float | None:
+    """How late the server's most lagging media process reads its input (ms; None: unknown).
+
+    From ``telebridge_media_loop_lag_seconds`` (``sfu/load.py``), asked with a
+    short timeout: an overloaded one-process server answers late.
+    """
+    try:
+        async with asyncio.timeout(0.5):
+            counters = await server_counters(http, url)
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+        return None
+    lags = [v for k, v in counters.items() if k.startswith("telebridge_media_loop_lag_seconds")]
+    return round(max(lags) * 1000, 1) if lags else None
+
+
 # --------------------------------------------------------------- presenter
 
 
@@ -508,6 +523,14 @@ def summarize_group(results: list[dict[str, Any]], impairment: Impairment | None
     }
 
 
+def _kept(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Loss, latency and freezes of the subscribers the server did not shed (None: it shed none)."""
+    if not any(r.get("shed") for r in results):
+        return None
+    kept = summarize_group([r for r in results if not r.get("shed")], None)
+    return {k: kept[k] for k in ("subscribers", "loss_pct", "latency_ms", "freezes", "freeze_s")}
+
+
 async def run_once(options: BenchOptions) -> dict[str, Any]:
     """One bench run at ``options.subscribers``; returns the report dict."""
     if not options.secret:
@@ -614,12 +637,14 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
                         / max(1, options.subscribers)
                     ),
                 }
+                sample["server_lag_ms"] = await _server_lag_ms(http, url)
                 timeline.append(sample)
                 last_cpu, last_wall, last_bytes = cpu, now, received
                 _log(
                     f"t={sample['t']:5.1f}s receiving {sample['subscribers']} "
                     f"server CPU {sample['server_cpu_pct']} % "
-                    f"bitrate/sub {sample['bitrate_bps'] / 1e6:.2f} Mbit/s",
+                    f"bitrate/sub {sample['bitrate_bps'] / 1e6:.2f} Mbit/s "
+                    f"server lag {sample['server_lag_ms']} ms",
                 )
             collected = await asyncio.to_thread(ask, "collect")
             wall = time.monotonic() - wall_start
@@ -702,6 +727,8 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
         "keyframe_requests_to_publisher": presenter.keyframe_requests if presenter else 0,
         "presenter_pacing": _pacing(presenter),
         "busy_refusals": sum(r.get("busy_refusals", 0) for r in results),
+        "subscribers_shed": sum(1 for r in results if r.get("shed")),
+        "kept": _kept(results),
         "server": {
             "cpu_pct": round(100 * server_cpu / wall, 1) if server_pid else None,
             "rss_mb": round(rss, 1) if server_pid else None,
@@ -816,6 +843,17 @@ async def find_max(options: BenchOptions, limit: int) -> dict[str, Any]:
     return final
 
 
+def _shed_line(report: dict[str, Any]) -> str:
+    kept = report.get("kept")
+    if not kept:
+        return str(report.get("subscribers_shed", 0))
+    latency = "/".join(str(v) for v in kept["latency_ms"].values())
+    return (
+        f"{report['subscribers_shed']}; the {kept['subscribers']} kept: loss {kept['loss_pct']} %, "
+        f"latency p50/p95/p99 {latency} ms, {kept['freezes']} freezes"
+    )
+
+
 def summary_table(report: dict[str, Any]) -> str:
     """A plain-text summary for the terminal."""
     server, client = report["server"], report["client"]
@@ -839,6 +877,7 @@ def summary_table(report: dict[str, Any]) -> str:
         ("keyframe requests to publisher", str(report["keyframe_requests_to_publisher"])),
         ("presenter pacing", _pacing_line(report.get("presenter_pacing"))),
         ("joins refused (server-busy, retried)", str(report["busy_refusals"])),
+        ("subscribers shed by the server (overload)", _shed_line(report)),
         (
             "server CPU",
             f"{server['cpu_pct']} % of one core, {server['us_per_packet']} µs/packet copy",

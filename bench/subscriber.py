@@ -225,6 +225,10 @@ class LeanSubscriber:
         self.error: str | None = None
         #: Joins the server refused with ``server-busy`` (each retried).
         self.busy_refusals = 0
+        #: The server shed this subscriber (``server-busy`` after the join:
+        #: its media process was overloaded). It does not come back: the server
+        #: holds the count it kept for longer than a bench run.
+        self.shed = False
         self._last_pli = 0.0
         self._task: asyncio.Task[None] | None = None
         #: aioice's own receive function per socket, before impairment wrapping.
@@ -278,6 +282,8 @@ class LeanSubscriber:
                     busy = data.get("code") == "server-busy" and self.pc is None
                     if busy:
                         self.busy_refusals += 1
+                    elif data.get("code") == "server-busy":
+                        self.shed = True
                     self.error = f"{data.get('code')}: {data.get('message')}"
                     logger.warning("%s: %s", self.name, self.error)
                 elif kind in ("removed", "room-ended"):
@@ -623,6 +629,7 @@ class LeanSubscriber:
             "impaired": self.impairment is not None,
             "error": self.error,
             "busy_refusals": self.busy_refusals,
+            "shed": self.shed,
             # Sparse (bin index -> count): the dense array is 400 KB per subscriber.
             "latency_histogram": {int(i): int(counts[i]) for i in np.flatnonzero(counts)},
         }

@@ -5,9 +5,18 @@ subscribers, joins or source switches collapse into at most one PLI
 (RFC 4585 §6.3.1) per ``interval`` seconds per published video stream. A
 request made inside the interval is remembered and sent when the interval
 ends, unless a keyframe arrived in the meantime, which satisfies it.
+While the process is overloaded (``slow``: it reads its input late, see
+``sfu/load.py``) the interval is :data:`SLOW_FACTOR` times longer: each
+keyframe is a burst of copies to every subscriber, and past saturation
+the subscribers that lost packets ask for one after another, so that
+keyframes alone (two a second to 300 subscribers: ~30,000 copies) would
+keep the process saturated.
 """
 
 from __future__ import annotations
+
+#: How much wider keyframe requests are spaced while the process is overloaded.
+SLOW_FACTOR = 4.0
 
 
 class KeyframeRequester:
@@ -22,9 +31,9 @@ class KeyframeRequester:
         #: Number of PLIs actually sent upstream.
         self.sent = 0
 
-    def request(self, now: float) -> bool:
+    def request(self, now: float, slow: bool = False) -> bool:
         """Ask for a keyframe; True if a PLI should be sent right now."""
-        if now - self.last_sent >= self.interval:
+        if now - self.last_sent >= self.interval * (SLOW_FACTOR if slow else 1.0):
             self.last_sent = now
             self.pending = False
             self.sent += 1
@@ -32,9 +41,9 @@ class KeyframeRequester:
         self.pending = True
         return False
 
-    def poll(self, now: float) -> bool:
+    def poll(self, now: float, slow: bool = False) -> bool:
         """Called periodically: True if a deferred request is due now."""
-        if self.pending and now - self.last_sent >= self.interval:
+        if self.pending and now - self.last_sent >= self.interval * (SLOW_FACTOR if slow else 1.0):
             self.last_sent = now
             self.pending = False
             self.sent += 1

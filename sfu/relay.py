@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from sfu import rtcp
+from sfu.probe import ReceiveProbe
 from sfu.router import Layout, Producer
 
 if TYPE_CHECKING:
@@ -241,6 +242,9 @@ class RelayIn:
     def __init__(self, sfu: Sfu, host: str = "127.0.0.1") -> None:
         self.sfu = sfu
         self.endpoint = _Endpoint(host, self._on_datagram)
+        #: How late the relayed media is read (sent with the Sfu's own probes).
+        self.receive_probe = ReceiveProbe(self.endpoint.sock, sfu.load.observe)
+        sfu.input_probes.add(self.receive_probe)
         self._by_ssrc: dict[int, Producer] = {}
         self._streams: dict[str, RelayStream] = {}
 
@@ -279,7 +283,8 @@ class RelayIn:
 
     def _on_datagram(self, data: bytes, address: tuple[str, int]) -> None:
         if len(data) < 12:
-            self.endpoint.malformed += 1
+            if self.receive_probe.take(data, address) is None:
+                self.endpoint.malformed += 1
             return
         if rtcp.is_rtcp(data):
             for packet in rtcp.parse_compound(data).packets:
@@ -297,4 +302,6 @@ class RelayIn:
     def close(self) -> None:
         for producer_id in list(self._streams):
             self.remove(producer_id)
+        self.sfu.input_probes.discard(self.receive_probe)
+        self.receive_probe.close()
         self.endpoint.close()

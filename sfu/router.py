@@ -106,6 +106,9 @@ class RouterConfig:
     repair_ratio: float = 0.5
     #: Repairs a subscriber may spend at once (a whole lost 1080p keyframe: ~100-250 packets).
     repair_burst: int = 256
+    #: The process is overloaded while it reads its input later than this
+    #: (seconds, ``sfu/load.py``; 0: never): see :attr:`Router.lagging`.
+    overload_lag: float = 0.25
 
 
 @dataclass(slots=True)
@@ -303,6 +306,14 @@ class Router:
         self.consumers: dict[str, Consumer] = {}
         #: Keyframe requests that reached publishers (PLIs sent upstream).
         self.keyframe_requests_sent = 0
+        #: The process reads its input more than ``overload_lag`` late (set
+        #: by its timers): NACKs are counted as shed, not answered, and
+        #: keyframe requests are spaced wider (``sfu/keyframes.py``). A repair
+        #: that late comes after the receiver's playout wanted it, and past
+        #: saturation every loss becomes a NACK and every NACK more sends,
+        #: which keeps the process saturated; receivers that lost a picture
+        #: ask for a keyframe, one for all of them.
+        self.lagging = False
 
     # ------------------------------------------------------------------ setup
 
@@ -625,7 +636,7 @@ class Router:
             if producer is not None and producer.codec.is_video:
                 producer.keyframe_requests.pending = True
             return False
-        if producer.keyframe_requests.request(now):
+        if producer.keyframe_requests.request(now, self.lagging):
             self._send_pli(producer)
             return True
         return False
@@ -669,7 +680,10 @@ class Router:
         consumer.last_rtcp = now
         if isinstance(packet, rtcp.Nack):
             consumer.stats.nacks += 1
-            self._answer_nack(consumer, packet.lost, now)
+            if self.lagging:
+                consumer.stats.repairs_shed += len(packet.lost)
+            else:
+                self._answer_nack(consumer, packet.lost, now)
         elif isinstance(packet, rtcp.Pli | rtcp.Fir):
             consumer.stats.keyframe_requests += 1
             if consumer.source is not None:
@@ -794,7 +808,7 @@ class Router:
                 # Consumers still wait for a keyframe: the first request or its
                 # answer may have been lost, so ask again (throttled).
                 self.request_keyframe(producer.id, now)
-            elif producer.keyframe_requests.poll(now):
+            elif producer.keyframe_requests.poll(now, self.lagging):
                 self._send_pli(producer)
 
     def sender_report(self, consumer: Consumer, now: float) -> bytes | None:

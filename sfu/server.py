@@ -41,6 +41,8 @@ from aiortc.sdp import candidate_from_sdp
 
 from sfu import rtcp
 from sfu.codecs import codec_info
+from sfu.load import LoadMeter, MediaLoad
+from sfu.probe import ReceiveProbe
 from sfu.router import (
     Consumer,
     ConsumerStats,
@@ -56,6 +58,9 @@ from sfu.transport import ForwardingPeerConnection, PeerSink
 from sfu.udpmux import UdpMux
 
 logger = logging.getLogger(__name__)
+
+#: How often the shared sockets' receive delay is probed (``UdpMux.probe``).
+PROBE_INTERVAL_S = 0.1
 
 
 class SfuError(Exception):
@@ -133,6 +138,11 @@ class Sfu:
         self._closing: set[asyncio.Task[None]] = set()
         #: Counts of closed producers and consumers (see :meth:`totals`).
         self._retired: dict[str, int] = {}
+        #: How late this process handles its input, and its CPU share.
+        self.load = LoadMeter()
+        #: Receive-delay probes of input sockets other than the shared port's
+        #: (relays into this process, ``sfu/relay.py``); sent with those.
+        self.input_probes: set[ReceiveProbe] = set()
         #: The negotiated codec of each producer, to offer it to subscribers.
         self._negotiated: dict[str, RTCRtpCodecParameters] = {}
         #: The shared UDP port's sockets (None: a socket per connection).
@@ -141,6 +151,7 @@ class Sfu:
                 self.config.candidate_addresses,
                 self.config.udp_port,
                 self.config.announced_addresses,
+                on_delay=self.load.observe,
             )
             if self.config.udp_mux
             else None
@@ -153,6 +164,7 @@ class Sfu:
         if self.mux is not None:
             await self.mux.open()
         if self._task is None:
+            self.load.sample_cpu(time.monotonic(), time.process_time())
             self._task = asyncio.get_running_loop().create_task(self._run_timers())
 
     async def stop(self) -> None:
@@ -483,6 +495,15 @@ class Sfu:
             counts[peer.role] += 1
         return counts
 
+    def _probes(self) -> list[ReceiveProbe]:
+        """Every receive-delay probe of this process's input sockets."""
+        return [*(self.mux.probes() if self.mux is not None else ()), *self.input_probes]
+
+    def media_loads(self) -> list[MediaLoad]:
+        """The media processes (here: this one), their load and their subscribers."""
+        subscribers = frozenset(p.id for p in self.peers.values() if p.role == "subscriber")
+        return [MediaLoad("main", self.load.lag, self.load.cpu, subscribers)]
+
     def active_speaker(
         self, window: float = 1.0, among: Collection[str] | None = None
     ) -> str | None:
@@ -561,6 +582,8 @@ class Sfu:
             "send_errors": sum(p.sink.errors for p in self.peers.values()),
             "unknown_ssrc": sum(p.unknown_ssrc for p in self.peers.values()),
             "malformed_rtcp": sum(p.malformed_rtcp for p in self.peers.values()),
+            "loop_lag_ms": round(self.load.lag * 1000, 1),
+            "cpu": round(self.load.cpu, 3),
             "producers": producers,
             "consumers": consumers,
         }
@@ -784,8 +807,17 @@ class Sfu:
 
     async def _run_timers(self) -> None:
         next_rtcp = self._clock() + self.config.rtcp_interval
+        next_probe = 0.0
         while True:
             await asyncio.sleep(self.config.poll_interval)
+            monotonic = time.monotonic()
+            self.load.tick(monotonic, self.config.poll_interval)
+            overload_lag = self.config.router.overload_lag
+            self.router.lagging = bool(overload_lag) and self.load.lag > overload_lag
+            if monotonic >= next_probe:
+                next_probe = monotonic + PROBE_INTERVAL_S
+                for probe in self._probes():
+                    probe.send()
             now = self._clock()
             try:
                 self.router.poll(now)
@@ -794,6 +826,7 @@ class Sfu:
                     next_rtcp = now + self.config.rtcp_interval * (0.5 + random.random())
                     self._send_reports(now)
                     self._reap(now)
+                    self.load.sample_cpu(time.monotonic(), time.process_time())
             except Exception:  # a bug here must not stop every peer's timers
                 logger.exception("SFU timer failed")
 

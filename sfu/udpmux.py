@@ -38,12 +38,13 @@ import secrets
 import socket
 import string
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from aioice import ice
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 
+from sfu.probe import ReceiveProbe
 from sfu.sendbatch import SendBatch
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,9 @@ class MuxedProtocol(ice.StunProtocol):
 class MuxSocket(asyncio.DatagramProtocol):
     """One bound UDP socket shared by the connections' host candidates on one address."""
 
-    def __init__(self, announced: str | None = None) -> None:
+    def __init__(
+        self, announced: str | None = None, on_delay: Callable[[float], None] | None = None
+    ) -> None:
         #: The address written in candidates, if not the bound one (1:1 NAT).
         self.announced = announced
         self.transport: asyncio.DatagramTransport | None = None
@@ -154,6 +157,11 @@ class MuxSocket(asyncio.DatagramProtocol):
         self.unrouted = 0
         #: Exceptions raised by a connection's handling of a datagram.
         self.failed = 0
+        #: Given how long each receive-delay probe waited before this process
+        #: read it (seconds); None: no probe.
+        self.on_delay = on_delay
+        #: Measures how late this process reads the socket (``sfu/probe.py``).
+        self.receive_probe: ReceiveProbe | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -163,6 +171,8 @@ class MuxSocket(asyncio.DatagramProtocol):
         self.sock = socket.socket(fileno=os.dup(shared.fileno()))
         self.sock.setblocking(False)
         self.address = transport.get_extra_info("sockname")
+        if self.on_delay is not None:
+            self.receive_probe = ReceiveProbe(self.sock, self.on_delay)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         addr = (addr[0], addr[1])
@@ -174,7 +184,8 @@ class MuxSocket(asyncio.DatagramProtocol):
         else:
             protocol = self._by_address.get(addr)
         if protocol is None:
-            self.unrouted += 1
+            if self.receive_probe is None or self.receive_probe.take(data, addr) is None:
+                self.unrouted += 1
             return
         try:
             protocol.datagram_received(data, addr)
@@ -183,6 +194,9 @@ class MuxSocket(asyncio.DatagramProtocol):
             logger.exception("datagram from %s failed in %r", addr, protocol.receiver)
 
     def close(self) -> None:
+        if self.receive_probe is not None:
+            self.receive_probe.close()
+            self.receive_probe = None
         if self.batch is not None:
             self.batch.close()
         if self.transport is not None:
@@ -256,13 +270,19 @@ class UdpMux:
     """
 
     def __init__(
-        self, addresses: Sequence[str], port: int = 0, announced: Sequence[str] = ()
+        self,
+        addresses: Sequence[str],
+        port: int = 0,
+        announced: Sequence[str] = (),
+        on_delay: Callable[[float], None] | None = None,
     ) -> None:
         if announced and len(announced) != len(addresses):
             raise ValueError("one announced address per bound address")
         self.addresses = list(addresses)
         self.announced: list[str | None] = list(announced) or [None] * len(self.addresses)
         self.port = port
+        #: Given each probe's receive delay (see :meth:`probe`).
+        self.on_delay = on_delay
         self.sockets: list[MuxSocket] = []
         self._opening: asyncio.Lock | None = None
         self._ufrags: set[str] = set()
@@ -321,7 +341,7 @@ class UdpMux:
                 for candidate_port in tries:
                     try:
                         _, mux_socket = await loop.create_datagram_endpoint(
-                            functools.partial(MuxSocket, announced),
+                            functools.partial(MuxSocket, announced, self.on_delay),
                             local_addr=(address, candidate_port),
                         )
                         break
@@ -341,6 +361,10 @@ class UdpMux:
                 )
             if not self.sockets:
                 raise OSError(f"no UDP port {self.port} on any of {self.addresses}")
+
+    def probes(self) -> list[ReceiveProbe]:
+        """Each socket's receive-delay probe."""
+        return [s.receive_probe for s in self.sockets if s.receive_probe is not None]
 
     def flush(self) -> None:
         """Send what waits in the sockets' send batches now."""

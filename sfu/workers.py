@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from sfu.load import MediaLoad
 from sfu.relay import RelayIn, RelayOut
 from sfu.server import Sfu, SfuConfig, SfuError, TrackInfo
 
@@ -351,6 +352,11 @@ class Worker:
             if self.alive:
                 self.cast("relay_remove", producer_id)
 
+    def load(self) -> MediaLoad:
+        """This worker's load as of its last snapshot, and the peers placed on it."""
+        lag = self.stats.get("loop_lag_ms", 0.0) / 1000
+        return MediaLoad(self.name, lag, self.stats.get("cpu", 0.0), frozenset(self.peers))
+
     async def refresh(self) -> None:
         """Take a snapshot of the worker's stats and totals."""
         self.stats = await self.call("stats")
@@ -446,6 +452,10 @@ class ClusterSfu(Sfu):
         self._lost_totals: dict[str, int] = {}
         #: Called with the ids of the peers a dead worker held.
         self.on_peers_lost: Callable[[list[str]], None] | None = None
+        #: Whether a worker (its :class:`MediaLoad`) takes newcomers; a new
+        #: subscriber goes to the one with the fewest peers among those that do
+        #: (among all, if none does). Signaling sets it (``signaling/overload.py``).
+        self.accepts: Callable[[MediaLoad], bool] = lambda load: True
 
     # -------------------------------------------------------------- lifecycle
 
@@ -476,7 +486,8 @@ class ClusterSfu(Sfu):
             raise SfuError("no-media", "nothing to subscribe to")
         if peer_id in self._placement or peer_id in self.peers:
             raise SfuError("peer-exists", f"peer {peer_id!r} exists")
-        worker = min(await self._alive_workers(), key=lambda w: len(w.peers))
+        alive = await self._alive_workers()
+        worker = min(alive, key=lambda w: (not self.accepts(w.load()), len(w.peers)))
         self._placement[peer_id] = worker
         worker.peers.add(peer_id)
         try:
@@ -585,6 +596,10 @@ class ClusterSfu(Sfu):
                 counts["subscriber"] = counts.get("subscriber", 0) + len(worker.peers)
         return counts
 
+    def media_loads(self) -> list[MediaLoad]:
+        """Each running worker's load (its last snapshot) and subscribers."""
+        return [w.load() for w in self.workers if w.alive]
+
     def _relay_consumers(self) -> set[str]:
         return {c for w in self.workers if w.relay for c in w.relay.consumers.values()}
 
@@ -618,6 +633,8 @@ class ClusterSfu(Sfu):
                     "pid": worker.process.pid,
                     "peers": len(worker.peers),
                     "relayed": len(worker.relay.consumers) if worker.relay else 0,
+                    "loop_lag_ms": snapshot.get("loop_lag_ms", 0.0),
+                    "cpu": snapshot.get("cpu", 0.0),
                 }
             )
         return merged

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,11 +20,13 @@ from aiohttp import web
 
 from recorder.archive import add_archive_routes
 from recorder.service import Recorder
+from sfu.load import MediaLoad
 from sfu.workers import ClusterSfu, create_sfu
 from signaling.admin import add_admin_routes
 from signaling.config import Config
 from signaling.metrics import add_metrics_route
-from signaling.room import Member, Room
+from signaling.overload import OverloadGuard
+from signaling.room import PUBLISHING_ROLES, Member, Room
 from signaling.session import ProtocolError, Session
 from signaling.store import Store, create_store
 
@@ -38,12 +41,14 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.sfu = create_sfu(config.sfu)
+        signaling = config.signaling
+        self.overload = OverloadGuard(signaling.overload_lag_ms / 1000, signaling.shed_after_s)
         if isinstance(self.sfu, ClusterSfu):
             self.sfu.on_peers_lost = self._subscribers_lost
+            self.sfu.accepts = lambda load: self.overload.accepts(load, time.monotonic())
         self.recorder = Recorder(self.sfu, config.recorder)
-        self.store: Store = create_store(config.signaling.store_url)
+        self.store: Store = create_store(signaling.store_url)
         self.rooms: dict[str, Room] = {}
-        signaling = config.signaling
         self.node_id = signaling.node_id or f"{socket.gethostname()}:{signaling.port}"
         self._tasks: list[asyncio.Task[None]] = []
         self._resubscribing: set[asyncio.Task[None]] = set()
@@ -59,6 +64,7 @@ class Server:
             loop.create_task(self._speakers()),
             loop.create_task(self._presence()),
             loop.create_task(self._watch_lag()),
+            loop.create_task(self._watch_overload()),
         ]
 
     async def stop(self) -> None:
@@ -132,16 +138,17 @@ class Server:
     def busy(self) -> str | None:
         """Why a new receiving member would be refused now, or None.
 
-        Forwarding runs on this one event loop: once it lags, every packet to
-        every subscriber is late, so newcomers are turned away (they retry with
-        backoff) instead of degrading everyone already watching.
+        Forwarding runs on event loops (this process's, or each worker's):
+        once one lags, every packet to every subscriber on it is late, so
+        newcomers are turned away (they retry with backoff) instead of
+        degrading everyone already watching (``signaling/overload.py``).
         """
         signaling = self.config.signaling
         if signaling.max_receivers and self.receivers() >= signaling.max_receivers:
             return f"this server holds its maximum of {signaling.max_receivers} receivers"
         if signaling.overload_lag_ms and self.loop_lag * 1000 > signaling.overload_lag_ms:
             return f"this server is overloaded (event loop {self.loop_lag * 1000:.0f} ms late)"
-        return None
+        return self.overload.refusal(self.sfu.media_loads(), time.monotonic())
 
     def receivers(self) -> int:
         """Members of this node's rooms that receive media."""
@@ -155,6 +162,54 @@ class Server:
             await asyncio.sleep(interval)
             lag = max(0.0, loop.time() - start - interval)
             self.loop_lag = max(lag, self.loop_lag * 0.9)
+
+    async def _watch_overload(self, interval: float = 0.5) -> None:
+        """Shed the newest receivers of a media process that stays overloaded."""
+        while True:
+            await asyncio.sleep(interval)
+            loads = self.sfu.media_loads()
+            try:
+                await self._shed(loads, self.overload.to_shed(loads, time.monotonic()))
+            except Exception:  # a bug here must not end overload protection
+                logger.exception("shedding failed")
+
+    async def _shed(self, loads: list[MediaLoad], plan: dict[str, int]) -> None:
+        """Tell the newest receivers of each process in ``plan`` to come back later."""
+        for load in loads:
+            count = plan.get(load.name, 0)
+            if not count:
+                continue
+            members = [
+                (room, member)
+                for room in self.rooms.values()
+                for member in room.members.values()
+                if member.subscribe_peer in load.subscribers
+                and not member.publishing
+                and member.role not in PUBLISHING_ROLES
+                and room.floor != member.id
+            ]
+            members.sort(key=lambda pair: pair[1].joined, reverse=True)
+            shed = members[:count]
+            logger.warning(
+                "%s runs %.0f ms late: shedding %d of its %d receivers",
+                load.name,
+                load.lag * 1000,
+                len(shed),
+                len(load.subscribers),
+            )
+            self.overload.shed(len(shed))
+            for room, member in shed:
+                await member.send(
+                    {
+                        "type": "error",
+                        "code": "server-busy",
+                        "message": "this server is overloaded: try again later or another node",
+                    }
+                )
+                await room.remove_member(member)
+                if member.ws is not None and not member.ws.closed:
+                    await member.ws.close()
+                await self.drop_room_if_empty(room)
 
     async def _speakers(self) -> None:
         """Announce each room's active speaker (RFC 6464 levels), a few times a second."""

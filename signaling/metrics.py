@@ -1,8 +1,9 @@
 """``/metrics`` in the Prometheus text format (prometheus-client), per application.
 
 A collector reads the live state at scrape time: rooms, participants,
-publishers, subscribers, and the SFU's monotonic totals (packets and bytes
-in and out, NACKs, retransmissions, keyframe requests, losses, drops).
+publishers, subscribers, the SFU's monotonic totals (packets and bytes
+in and out, NACKs, retransmissions, keyframe requests, losses, drops), and
+each media process's load (loop lag, CPU share) with the receivers shed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ COUNTERS = (
     ("telebridge_nack_misses", "NACKed packets no longer in the cache", "out_nack_misses"),
     (
         "telebridge_repairs_shed",
-        "NACKed packets not resent: the subscriber's repair budget was spent",
+        "NACKed packets not resent: the subscriber's repair budget was spent, or overload",
         "out_repairs_shed",
     ),
     ("telebridge_nacks_sent", "NACK packets sent to publishers", "in_nacks_sent"),
@@ -83,6 +84,26 @@ class TelebridgeCollector(Collector):
         totals = server.sfu.totals()
         for name, documentation, key in COUNTERS:
             yield CounterMetricFamily(name, documentation, value=totals.get(key, 0))
+        yield CounterMetricFamily(
+            "telebridge_receivers_shed",
+            "receivers told to come back later because their media process was overloaded",
+            value=server.overload.shed_total,
+        )
+        lag = GaugeMetricFamily(
+            "telebridge_media_loop_lag_seconds",
+            "how late each media process's event loop runs (decaying maximum)",
+            labels=["process"],
+        )
+        cpu = GaugeMetricFamily(
+            "telebridge_media_cpu_ratio",
+            "CPU share of one core used by each media process (last second or so)",
+            labels=["process"],
+        )
+        for load in server.sfu.media_loads():
+            lag.add_metric([load.name], load.lag)
+            cpu.add_metric([load.name], load.cpu)
+        yield lag
+        yield cpu
 
 
 def add_metrics_route(app: web.Application, key: web.AppKey[Server]) -> None:

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,8 @@ class Member:
     #: to 100 ms; None until reported). Viewers of a far publisher size their
     #: playout delay from it before the first late frame.
     rtt_ms: int | None = None
+    #: When it joined (``time.monotonic``): overload sheds the newest receivers first.
+    joined: float = field(default_factory=time.monotonic)
 
     @property
     def publishing(self) -> bool:
@@ -157,17 +160,26 @@ class Room:
             self.record_state()
 
     async def remove_member(self, member: Member) -> None:
-        """Forget a member: close its connections, hand the floor on, tell the others."""
+        """Forget a member: close its connections, hand the floor on, tell the others.
+
+        Only a member others received something from (a publisher, the main
+        feed) changes their subscriptions: a viewer leaving costs nothing per
+        remaining member (when hundreds leave at the end of a session, or
+        an overloaded node sheds them, a full sync per leave is O(N²)).
+        """
         if self.members.pop(member.id, None) is None:
             return
+        received_from = member.publishing or member.id == self.main_feed
         await self._close_media(member)
         with contextlib.suppress(Exception):
             await self.store.leave(self.id, member.id)
         await self.broadcast({"type": "participant-left", "participant": member.id}, about=member)
         if self.floor == member.id:
             await self.set_floor(self._default_floor())
-        else:
+        elif received_from:
             await self.sync_all()
+        else:
+            self.record_state()
 
     async def _close_media(self, member: Member) -> None:
         for peer_id in (member.publish_peer, member.subscribe_peer):

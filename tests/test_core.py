@@ -647,6 +647,16 @@ def test_keyframe_requests_coalesce() -> None:
     assert kr.sent == 3
 
 
+def test_an_overloaded_process_spaces_keyframe_requests_four_times_wider() -> None:
+    kr = KeyframeRequester(0.5)
+    assert kr.request(0.0, slow=True) is True
+    assert kr.request(0.5, slow=True) is False
+    assert kr.poll(1.75, slow=True) is False
+    assert kr.poll(2.0, slow=True) is True  # 4 x 0.5 s
+    assert kr.request(2.5) is True  # caught up: half a second again
+    assert kr.sent == 3
+
+
 def test_keyframe_received_cancels_pending() -> None:
     kr = KeyframeRequester(0.5)
     assert kr.request(10.0)
@@ -1271,6 +1281,34 @@ def test_nack_repeat_within_rtt_is_ignored() -> None:
     assert len(sink.rtp) == n + 2
     assert sink.rtp[-1] == sink.rtp[-2]
     assert c.stats.retransmitted == 2
+
+
+def test_nacks_are_not_answered_while_the_process_lags() -> None:
+    """Past saturation repairs come late and feed the overload: shed, keyframes spaced."""
+    router = Router(small_config())
+    a, _ = video_producer(router, "A", 0xA0)
+    c, c_sink = consumer("c", 0xC0, initial_seq=1000)
+    router.add_consumer(c, "A", 0.0)
+    router.on_rtp(a, vp8_rtp(1, 3000, 0xA0, "key", marker=True), 0.0)
+    for seq in range(2, 11):
+        router.on_rtp(a, vp8_rtp(seq, 3000 * seq, 0xA0, "delta", marker=True), seq / 30)
+    router.lagging = True
+    router.on_subscriber_rtcp(c, rtcp.Nack(0x5EED, c.ssrc, (1003, 1004, 1005)), 1.0)
+    assert len(c_sink.rtp) == 10
+    assert (c.stats.nacks, c.stats.retransmitted, c.stats.repairs_shed) == (1, 0, 3)
+    # Its keyframe requests reach the publisher at most every 4 x keyframe_interval.
+    sent = router.keyframe_requests_sent
+    router.on_subscriber_rtcp(c, rtcp.Pli(0x5EED, c.ssrc), 10.0)
+    assert router.keyframe_requests_sent == sent + 1
+    router.on_subscriber_rtcp(c, rtcp.Pli(0x5EED, c.ssrc), 11.0)  # deferred
+    router.poll(11.5)  # 1.5 s after the last: more than 0.5, less than 4 x 0.5
+    assert router.keyframe_requests_sent == sent + 1
+    router.poll(12.0)
+    assert router.keyframe_requests_sent == sent + 2
+    router.lagging = False
+    router.on_subscriber_rtcp(c, rtcp.Nack(0x5EED, c.ssrc, (1003,)), 12.1)
+    assert [decode(p).seq for p in c_sink.rtp[10:]] == [1003]
+    assert (c.stats.retransmitted, c.stats.repairs_shed) == (1, 3)
 
 
 def test_repairs_are_capped_by_the_subscribers_repair_budget() -> None:

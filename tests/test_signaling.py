@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -345,6 +346,60 @@ async def test_an_overloaded_node_turns_new_receivers_away(
             await late.join(token("a", "viewer", "late", subject="late"))
         finally:
             for client in clients:
+                await client.close()
+
+
+async def test_an_overloaded_media_loop_sheds_its_newest_viewer_and_keeps_the_others(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Shedding: a loop held late (blocking callbacks) sheds the newest receiver only."""
+    config = Config()
+    config.signaling.shed_after_s = 1.0
+    async with running_server(config) as (base, srv):
+        presenter, moderator = Client(base, http), Client(base, http)
+        viewers = [Client(base, http) for _ in range(3)]
+        late = Client(base, http)
+        everyone = [presenter, moderator, *viewers, late]
+        hog: asyncio.Task[None] | None = None
+        try:
+            await presenter.join(token("r", "presenter", "Central"), receive=False)
+            await presenter.publish([PatternVideoTrack(160, 120)])
+            await moderator.join(token("r", "moderator", "Expert"))
+            for n, viewer in enumerate(viewers):
+                await viewer.join(token("r", "viewer", f"Clinic {n}", subject=f"clinic{n}"))
+                assert await wait_until(lambda v=viewer: v.main("video").frames > 3, 15)
+            assert len(srv.sfu.media_loads()[0].subscribers) == 4
+
+            async def overload() -> None:
+                """Every callback of the loop waits 0.35 s, as behind a saturated core."""
+                while True:
+                    time.sleep(0.35)
+                    await asyncio.sleep(0.05)
+
+            hog = asyncio.ensure_future(overload())
+            newest = viewers[-1]
+            error = await newest.expect("error", timeout=15)
+            assert srv.sfu.router.lagging  # NACKs go unanswered meanwhile
+            hog.cancel()
+            assert error["code"] == "server-busy" and "overloaded" in error["message"]
+            assert await wait_until(lambda: newest.closed.is_set(), 5)
+            assert srv.overload.shed_total == 1
+            # The moderator and the first viewers stay, and their pictures go on.
+            assert not any(c.closed.is_set() for c in (presenter, moderator, *viewers[:2]))
+            for client in (moderator, *viewers[:2]):
+                frames = client.main("video").frames
+                assert await wait_until(lambda c=client, f=frames: c.main("video").frames > f + 5)
+            # Caught up, the loop still holds the count it kept: a newcomer is turned away.
+            assert await wait_until(lambda: srv.sfu.load.lag < 0.25, 5)
+            with pytest.raises(ProtocolFailure) as failure:
+                await late.join(token("r", "viewer", "Late", subject="late"))
+            assert failure.value.code == "server-busy" and "lately" in str(failure.value)
+            async with http.get(f"{base}/metrics") as response:
+                assert "telebridge_receivers_shed_total 1.0" in await response.text()
+        finally:
+            if hog is not None:
+                hog.cancel()
+            for client in everyone:
                 await client.close()
 
 

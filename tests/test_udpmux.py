@@ -10,12 +10,14 @@ import asyncio
 import os
 import socket
 import struct
+import time
 
 import pytest
 from aioice import stun
 from aioice.candidate import Candidate
 from aioice.ice import Connection
 from pylibsrtp import Policy, Session
+from signaling_client import wait_until
 
 from sfu.sendbatch import _FFI, SendBatch, socket_address
 from sfu.srtp import InPlaceProtector
@@ -104,7 +106,12 @@ async def test_connections_share_one_port_and_each_gets_its_own_data() -> None:
             await server.send(b"down %d" % i)
         for i, (_, client) in enumerate(pairs):
             assert await asyncio.wait_for(client.recv(), 5) == b"down %d" % i
-        assert mux.counts() == {"connections": 4, "addresses": 4, "unrouted": 0, "failed": 0}
+        assert mux.counts() == {
+            "connections": 4,
+            "addresses": 4,
+            "unrouted": 0,
+            "failed": 0,
+        }
 
         # Strangers: garbage, a check naming no connection, a datagram that
         # raises in its connection. None disturbs the others or the socket.
@@ -249,3 +256,31 @@ async def test_announced_address_is_in_the_candidate_and_checks_reach_the_bound_
         await mux.close()
     with pytest.raises(ValueError):
         UdpMux(["127.0.0.1"], announced=["192.0.2.7", "192.0.2.8"])
+
+
+async def test_a_probe_measures_how_late_the_socket_is_read() -> None:
+    """Probes wait in the receive queue behind what came before them."""
+    delays: list[float] = []
+    mux = UdpMux(["127.0.0.1", "::1"], on_delay=delays.append)
+    flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        await mux.open()
+        for probe in mux.probes():
+            probe.send()
+        await asyncio.sleep(0.1)
+        assert len(delays) == len(mux.sockets) == 2
+        assert all(0 <= d < 0.1 for d in delays), delays
+        assert mux.counts()["unrouted"] == 0  # probes are not counted there
+        # Datagrams from nobody, then a probe; the process is busy for 0.5 s
+        # before it reads them.
+        delays.clear()
+        for _ in range(50):
+            flood.sendto(bytes(200), mux.sockets[0].address)
+        mux.probes()[0].send()
+        time.sleep(0.5)
+        assert await wait_until(lambda: bool(delays), 5)
+        assert 0.5 <= delays[0] < 2, delays
+        assert mux.counts()["unrouted"] == 50
+    finally:
+        flood.close()
+        await mux.close()

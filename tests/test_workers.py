@@ -120,6 +120,19 @@ async def test_cluster_spreads_subscribers_over_worker_processes() -> None:
             totals = sfu.totals()
             video_in = next(p for p in stats["producers"] if p["kind"] == "video")["packets"]
             assert totals["out_packets"] >= 6 * video_in * 0.5
+            # Each worker reports its load; a worker that takes no newcomers gets none.
+            loads = sfu.media_loads()
+            assert [(load.name, len(load.subscribers)) for load in loads] == [
+                ("worker0", 3),
+                ("worker1", 3),
+            ]
+            assert await wait_until(
+                lambda: all(0 < load.cpu < 2 and load.lag < 1 for load in sfu.media_loads()), 5
+            ), sfu.media_loads()
+            sfu.accepts = lambda load: load.name != "worker0"
+            subs.append(Subscriber(sfu, "s6"))
+            await subs[-1].connect([p.id for p in producers])
+            assert [len(w.peers) for w in sfu.workers] == [3, 4]
         finally:
             for s in subs:
                 await s.close()
