@@ -772,6 +772,7 @@ async def run_once(options: BenchOptions) -> dict[str, Any]:
             if client_packets
             else None,
             "processes": len(collected),
+            "socket_drops": sum(r.get("socket_drops", 0) for r in results),
         },
         "groups": groups,
         "timeline": timeline,
@@ -843,6 +844,12 @@ async def find_max(options: BenchOptions, limit: int) -> dict[str, Any]:
     return final
 
 
+def _drops_line(drops: int) -> str:
+    if not drops:
+        return "0"
+    return f"{drops} datagrams (the bench fell behind: that much of the loss is its own)"
+
+
 def _shed_line(report: dict[str, Any]) -> str:
     kept = report.get("kept")
     if not kept:
@@ -905,6 +912,7 @@ def summary_table(report: dict[str, Any]) -> str:
             f"{client['cpu_pct']} % ({client['us_per_packet']} µs/packet, "
             f"{client['processes']} processes)",
         ),
+        ("load generator's socket drops", _drops_line(client.get("socket_drops", 0))),
     ]
     impaired = report["groups"].get("impaired")
     if impaired:

@@ -80,7 +80,11 @@ MAX_ROUNDS = 256
 #: ``struct timespec`` in a control message (socket(7)).
 SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("@qq")
-#: Room for that control message (CMSG_SPACE of a timespec on 64-bit Linux).
+#: Linux's SO_RXQ_OVFL: a datagram queued after the socket dropped some comes
+#: with the socket's drop count so far (a ``__u32``; socket(7)).
+SO_RXQ_OVFL = 40
+_DROPS = struct.Struct("@I")
+#: Room for both control messages (CMSG_SPACE of 16 and of 4 octets on 64-bit Linux).
 _ANCILLARY_BYTES = 64
 #: How often NACK retries are due and receiver reports (every second) are checked.
 TICK_S = 0.02
@@ -225,6 +229,10 @@ class LeanSubscriber:
         self.error: str | None = None
         #: Joins the server refused with ``server-busy`` (each retried).
         self.busy_refusals = 0
+        #: Datagrams this subscriber's socket dropped (its receive buffer was
+        #: full: the load generator fell behind), as the kernel last told.
+        self.socket_drops = 0
+        self._socket_drops_before = 0
         #: The server shed this subscriber (``server-busy`` after the join:
         #: its media process was overloaded). It does not come back: the server
         #: holds the count it kept for longer than a bench run.
@@ -599,6 +607,7 @@ class LeanSubscriber:
 
     def reset_window(self) -> None:
         self.stats = SubscriberStats(last_frame_at=self.stats.last_frame_at)
+        self._socket_drops_before = self.socket_drops
         for state in self.stream_list:
             state.first = state.last = -1
 
@@ -630,6 +639,7 @@ class LeanSubscriber:
             "error": self.error,
             "busy_refusals": self.busy_refusals,
             "shed": self.shed,
+            "socket_drops": self.socket_drops - self._socket_drops_before,
             # Sparse (bin index -> count): the dense array is 400 KB per subscriber.
             "latency_histogram": {int(i): int(counts[i]) for i in np.flatnonzero(counts)},
         }
@@ -698,6 +708,10 @@ class Drain:
     or longer when its process waits for a core). Where the option is
     refused, datagrams keep the batch's time, and so do the few that arrive
     before the kernel has turned stamping on (deferred work, milliseconds).
+
+    Each socket also reports what it dropped (``SO_RXQ_OVFL``): a full
+    receive buffer means the load generator fell behind, and those losses
+    are the bench's, not the server's (``socket_drops`` in the report).
     """
 
     def __init__(self, interval: float = 0.008) -> None:
@@ -713,6 +727,7 @@ class Drain:
         if sys.platform.startswith("linux"):  # elsewhere 35 is another option, or none
             with contextlib.suppress(OSError):
                 subscriber.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                subscriber.sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         self.subscribers.add(subscriber)
         fd = subscriber.sock.fileno()
         self._by_fd[fd] = subscriber
@@ -749,6 +764,7 @@ class Drain:
         poll = self._poller.poll
         by_fd = self._by_fd
         unpack_timespec = _TIMESPEC.unpack_from
+        unpack_drops = _DROPS.unpack_from
         for _ in range(MAX_ROUNDS):
             ready = poll(0)
             if not ready:
@@ -762,14 +778,20 @@ class Drain:
                 except OSError:  # nothing after all, or an ICMP error: next round
                     continue
                 self.packets += 1
+                arrival = None
+                for level, kind, cdata in ancillary:
+                    if level != socket.SOL_SOCKET:
+                        continue
+                    if kind == SO_TIMESTAMPNS:
+                        seconds, nanoseconds = unpack_timespec(cdata)
+                        arrival = seconds + nanoseconds * 1e-9
+                    elif kind == SO_RXQ_OVFL:
+                        subscriber.socket_drops = unpack_drops(cdata)[0]
                 path = subscriber.path
                 if path is None:
-                    if ancillary:
-                        level, kind, cdata = ancillary[0]
-                        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                            seconds, nanoseconds = unpack_timespec(cdata)
-                            subscriber.on_datagram(data, seconds + nanoseconds * 1e-9)
-                            continue
-                    subscriber.on_datagram(data, now, now24)
+                    if arrival is not None:
+                        subscriber.on_datagram(data, arrival)
+                    else:
+                        subscriber.on_datagram(data, now, now24)
                 else:
                     path.deliver_later(subscriber.on_delayed_datagram, data, "down")

@@ -281,6 +281,36 @@ async def test_the_drain_times_datagrams_by_their_arrival_not_by_its_batch() -> 
         sender.close()
 
 
+async def test_the_drain_counts_what_a_full_socket_dropped() -> None:
+    """A subscriber socket that overflows reports its drops (SO_RXQ_OVFL) with the next datagram."""
+    subscriber = _Arrivals()
+    subscriber.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        subscriber.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        subscriber.sock.bind(("127.0.0.1", 0))
+        subscriber.sock.setblocking(False)
+        subscriber.drain.add(subscriber)
+        address = subscriber.sock.getsockname()
+        for _ in range(100):
+            sender.sendto(bytes(1000), address)
+        subscriber.drain._drain(time.time(), 0)
+        queued = len(subscriber.times)
+        assert 0 < queued < 100
+        sender.sendto(bytes(1000), address)  # queued after the drops: it carries their count
+        subscriber.drain._drain(time.time(), 0)
+        assert len(subscriber.times) == queued + 1
+        assert subscriber.socket_drops == 100 - queued
+        subscriber.reset_window()
+        assert subscriber.result(1.0)["socket_drops"] == 0
+    finally:
+        subscriber.drain.discard(subscriber)
+        if subscriber.drain._task is not None:
+            subscriber.drain._task.cancel()
+        subscriber.sock.close()
+        sender.close()
+
+
 def test_busy_backoff_doubles_to_ten_seconds_with_jitter() -> None:
     rng = random.Random(3)
     for attempt, nominal in [(0, 0.5), (1, 1.0), (3, 4.0), (5, 10.0), (40, 10.0)]:
