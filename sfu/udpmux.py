@@ -338,7 +338,7 @@ class UdpMux:
                 # the others, then any.
                 tries = [port] if self.port or port == 0 else [port, 0]
                 mux_socket = None
-                for candidate_port in tries:
+                for attempt, candidate_port in enumerate(tries, 1):
                     try:
                         _, mux_socket = await loop.create_datagram_endpoint(
                             functools.partial(MuxSocket, announced, self.on_delay),
@@ -346,7 +346,10 @@ class UdpMux:
                         )
                         break
                     except OSError as exc:
-                        logger.error("cannot bind UDP %s port %d: %s", address, candidate_port, exc)
+                        level = logging.ERROR if attempt == len(tries) else logging.WARNING
+                        logger.log(
+                            level, "cannot bind UDP %s port %d: %s", address, candidate_port, exc
+                        )
                 if mux_socket is None:
                     continue
                 _tune(mux_socket)
