@@ -207,9 +207,10 @@ class Server:
                     }
                 )
                 await room.remove_member(member)
-                if member.ws is not None and not member.ws.closed:
-                    await member.ws.close()
                 await self.drop_room_if_empty(room)
+            # Closing waits for each client's answer: all at once, not one after another.
+            closing = [m.ws.close() for _, m in shed if m.ws is not None and not m.ws.closed]
+            await asyncio.gather(*closing, return_exceptions=True)
 
     async def _speakers(self) -> None:
         """Announce each room's active speaker (RFC 6464 levels), a few times a second."""

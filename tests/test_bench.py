@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -232,6 +234,27 @@ class _Arrivals(LeanSubscriber):
         self.times.append(now)
 
 
+@contextlib.contextmanager
+def _drained(rcvbuf: int | None = None) -> Iterator[tuple[_Arrivals, socket.socket]]:
+    """A subscriber on a loopback socket taken by a drain, and a socket to send it datagrams."""
+    subscriber = _Arrivals()
+    subscriber.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if rcvbuf is not None:
+            subscriber.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        subscriber.sock.bind(("127.0.0.1", 0))
+        subscriber.sock.setblocking(False)
+        subscriber.drain.add(subscriber)
+        yield subscriber, sender
+    finally:
+        subscriber.drain.discard(subscriber)
+        if subscriber.drain._task is not None:
+            subscriber.drain._task.cancel()
+        subscriber.sock.close()
+        sender.close()
+
+
 def _await_arrival_stamps(subscriber: _Arrivals, sender: socket.socket) -> None:
     """Wait until the kernel stamps datagrams when they arrive.
 
@@ -252,13 +275,7 @@ def _await_arrival_stamps(subscriber: _Arrivals, sender: socket.socket) -> None:
 
 
 async def test_the_drain_times_datagrams_by_their_arrival_not_by_its_batch() -> None:
-    subscriber = _Arrivals()
-    subscriber.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        subscriber.sock.bind(("127.0.0.1", 0))
-        subscriber.sock.setblocking(False)
-        subscriber.drain.add(subscriber)
+    with _drained() as (subscriber, sender):
         _await_arrival_stamps(subscriber, sender)
         sent = time.time()
         sender.sendto(bytes(100), subscriber.sock.getsockname())
@@ -273,24 +290,11 @@ async def test_the_drain_times_datagrams_by_their_arrival_not_by_its_batch() -> 
             batch,
             subscriber.times,
         )
-    finally:
-        subscriber.drain.discard(subscriber)
-        if subscriber.drain._task is not None:
-            subscriber.drain._task.cancel()
-        subscriber.sock.close()
-        sender.close()
 
 
 async def test_the_drain_counts_what_a_full_socket_dropped() -> None:
     """A subscriber socket that overflows reports its drops (SO_RXQ_OVFL) with the next datagram."""
-    subscriber = _Arrivals()
-    subscriber.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        subscriber.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        subscriber.sock.bind(("127.0.0.1", 0))
-        subscriber.sock.setblocking(False)
-        subscriber.drain.add(subscriber)
+    with _drained(rcvbuf=4096) as (subscriber, sender):
         address = subscriber.sock.getsockname()
         for _ in range(100):
             sender.sendto(bytes(1000), address)
@@ -303,12 +307,6 @@ async def test_the_drain_counts_what_a_full_socket_dropped() -> None:
         assert subscriber.socket_drops == 100 - queued
         subscriber.reset_window()
         assert subscriber.result(1.0)["socket_drops"] == 0
-    finally:
-        subscriber.drain.discard(subscriber)
-        if subscriber.drain._task is not None:
-            subscriber.drain._task.cancel()
-        subscriber.sock.close()
-        sender.close()
 
 
 def test_busy_backoff_doubles_to_ten_seconds_with_jitter() -> None:
