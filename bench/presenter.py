@@ -3,7 +3,9 @@
 It joins a room over the WebSocket with a presenter token (``receive:
 false``: it watches nothing), publishes the moving test pattern and a tone
 through an aiortc peer connection (encoded by aiortc's PyAV encoders), and
-rejoins by itself if the connection drops. Used by ``./scripts/run``
+rejoins by itself if the connection drops. Its video is paced like a
+browser's (``bench/pacer.py``: keyframes spread over a few frame times, not
+one burst). Used by ``./scripts/run``
 (``telebridge serve --demo-presenter ROOM``) and reusable by the bench.
 
 With ``stereo``, it publishes the side-by-side 3D test card instead
@@ -23,10 +25,12 @@ from typing import Any
 
 import aiohttp
 from aiortc import RTCSessionDescription
+from aiortc.codecs import h264, vpx
 from aiortc.mediastreams import MediaStreamTrack
 
 from bench.clients import LoopbackPeerConnection, sending_peer
 from bench.feed import EncodedLoopTrack, encode_loop
+from bench.pacer import pace_video
 from bench.synthetic import PatternVideoTrack, StereoPattern, ToneAudioTrack
 
 logger = logging.getLogger(__name__)
@@ -34,6 +38,8 @@ logger = logging.getLogger(__name__)
 #: The 3D test card: a side-by-side 1080p picture, as from a 3D endoscope tower.
 STEREO_SIZE = (1920, 1080)
 STEREO_BITRATE = 6_000_000
+#: The most aiortc's encoders send (their rate follows REMB up to it).
+ENCODER_CEILING_BPS = {"vp8": vpx.MAX_BITRATE, "h264": h264.MAX_BITRATE}
 
 
 class ProtocolClientError(Exception):
@@ -101,9 +107,12 @@ async def run_presenter(
                         loop = EncodedLoopTrack(stereo_frames, 30)
                         pc = await publish_once(ws, token, [loop, ToneAudioTrack()], codec, "sbs")
                         loop.attach(pc)
+                        pace_video(pc, loop, STEREO_BITRATE)
                     else:
-                        tracks = [PatternVideoTrack(width, height), ToneAudioTrack()]
-                        pc = await publish_once(ws, token, tracks, codec)
+                        video = PatternVideoTrack(width, height)
+                        pc = await publish_once(ws, token, [video, ToneAudioTrack()], codec)
+                        # aiortc's encoder adapts up to its ceiling: paced for that.
+                        pace_video(pc, video, ENCODER_CEILING_BPS[codec])
                     delay = 0.5
                     async for message in ws:
                         if message.type != aiohttp.WSMsgType.TEXT:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+
+import aiohttp
+from signaling_client import Client, running_server, token, wait_until
 
 from bench.pacer import BURST_S, Pacer
+from bench.presenter import run_presenter
 from bench.subscriber import abs_send_time
 from sfu.rtp import FIXED_HEADER, build_extension_block, parse
+from signaling.config import Config
 
 VIDEO, AUDIO = 0x1111_1111, 0x3333_3333
 MID_ID, ABS_ID = 1, 3
@@ -113,3 +119,26 @@ def test_a_packet_without_abs_send_time_is_paced_and_left_as_it_was() -> None:
     assert [data for _, data in fake.sent] == packets
     assert 2 * 1200 / (1_000_000 / 8) - BURST_S <= fake.sent[2][0] <= 2 * 1200 / (1_000_000 / 8)
     assert fake.sent[2][0] > 0  # 19.2 ms after the first: it waited
+
+
+async def test_the_demo_presenter_publishes_paced_video_that_a_viewer_decodes(
+    http: aiohttp.ClientSession,
+) -> None:
+    """``./scripts/run``'s synthetic presenter, paced, watched by a real aiortc viewer."""
+    async with running_server(Config()) as (base, srv):
+        presenter = asyncio.ensure_future(
+            run_presenter(base, token("demo", "presenter", "Synthetic"), width=320, height=240)
+        )
+        viewer = Client(base, http)
+        try:
+            assert await wait_until(lambda: bool(srv.sfu.router.producers), 15)
+            await viewer.join(token("demo", "viewer", "Clinic"))
+            assert await wait_until(lambda: viewer.main("video").frames > 10, 15)
+            assert (viewer.main("video").width, viewer.main("video").height) == (320, 240)
+            video = next(p for p in srv.sfu.router.producers.values() if p.kind == "video")
+            assert video.stats.packets > 10 and video.stats.keyframes >= 1
+        finally:
+            presenter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await presenter
+            await viewer.close()
