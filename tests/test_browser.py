@@ -142,6 +142,27 @@ async def test_kiosk_viewers_play_follow_the_floor_and_rejoin(tmp_path: Path) ->
             await plays(dropped, 30)
             assert len(live_room.members) == 6
 
+            # Overload: the server sheds its newest viewer (the one that just
+            # rejoined); the page says why, comes back by itself and plays.
+            await dropped.evaluate(
+                """() => {
+                  window.reconnectReasons = [];
+                  const session = window.telebridge.session;
+                  session.addEventListener("state", () => {
+                    if (session.state === "reconnecting") {
+                      window.reconnectReasons.push(session.statusDetail);
+                    }
+                  });
+                }"""
+            )
+            await server._shed(server.sfu.media_loads(), {"main": 1})
+            reasons = await wait_js(dropped, "() => window.reconnectReasons", bool)
+            assert "overloaded" in reasons[0], reasons
+            await wait_js(dropped, "() => window.telebridge.joins", lambda n: n >= 3, 30)
+            await wait_js(dropped, "() => window.telebridge.state", lambda s: s == "joined")
+            await plays(dropped, 30)
+            assert len(live_room.members) == 6
+
             ARTIFACTS.mkdir(exist_ok=True)
             await viewers[1].screenshot(path=str(ARTIFACTS / "viewer.png"))
 

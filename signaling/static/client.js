@@ -641,6 +641,13 @@ export class TelebridgeSession extends EventTarget {
       this.fail(error);
       return;
     }
+    if (!beforeJoin && error.code === "server-busy") {
+      // An overloaded server sent us away (the newest viewers go first): come
+      // back with backoff, saying why rather than "connection closed".
+      this.emit("notice", error);
+      this.drop(error.message);
+      return;
+    }
     // Anything else before `joined` (room-full, too-many-rooms, auth-required,
     // internal) is followed by the server closing the socket: we retry then.
     if (beforeJoin) this.statusDetail = error.message;
