@@ -307,7 +307,8 @@ class Router:
         #: Keyframe requests that reached publishers (PLIs sent upstream).
         self.keyframe_requests_sent = 0
         #: The process reads its input more than ``overload_lag`` late (set
-        #: by its timers): NACKs are counted as shed, not answered, and
+        #: by its timers): subscribers' NACKs are counted as shed, not answered
+        #: (a relay's and an in-process track's still are), and
         #: keyframe requests are spaced wider (``sfu/keyframes.py``). A repair
         #: that late comes after the receiver's playout wanted it, and past
         #: saturation every loss becomes a NACK and every NACK more sends,
@@ -675,12 +676,19 @@ class Router:
             rtcp.build_nack(producer.rtcp_ssrc, producer.ssrc, [s & 0xFFFF for s in seqs])
         )
 
-    def on_subscriber_rtcp(self, consumer: Consumer, packet: rtcp.RtcpPacket, now: float) -> None:
-        """Feedback from a subscriber about one of its tracks."""
+    def on_subscriber_rtcp(
+        self, consumer: Consumer, packet: rtcp.RtcpPacket, now: float, *, in_process: bool = False
+    ) -> None:
+        """Feedback from a subscriber about one of its tracks.
+
+        ``in_process``: from a relay or an in-process track (the recorder),
+        whose NACKs are answered even while the process lags (:attr:`lagging`):
+        one answer serves a whole worker's subscribers, or keeps a recording whole.
+        """
         consumer.last_rtcp = now
         if isinstance(packet, rtcp.Nack):
             consumer.stats.nacks += 1
-            if self.lagging:
+            if self.lagging and not in_process:
                 consumer.stats.repairs_shed += len(packet.lost)
             else:
                 self._answer_nack(consumer, packet.lost, now)

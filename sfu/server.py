@@ -443,10 +443,10 @@ class Sfu:
         return self._clock()
 
     def local_feedback(self, consumer_id: str, packet: rtcp.RtcpPacket) -> None:
-        """NACK/PLI from an in-process track, handled like a subscriber's RTCP."""
+        """NACK/PLI from an in-process track or a relay, handled like a subscriber's RTCP."""
         consumer = self.router.consumers.get(consumer_id)
         if consumer is not None:
-            self.router.on_subscriber_rtcp(consumer, packet, self._clock())
+            self.router.on_subscriber_rtcp(consumer, packet, self._clock(), in_process=True)
 
     def clock_mapping(self, consumer_id: str) -> tuple[str, float, int] | None:
         """(source producer id, publisher wall time now, matching RTP time) of a track.

@@ -1296,6 +1296,10 @@ def test_nacks_are_not_answered_while_the_process_lags() -> None:
     router.on_subscriber_rtcp(c, rtcp.Nack(0x5EED, c.ssrc, (1003, 1004, 1005)), 1.0)
     assert len(c_sink.rtp) == 10
     assert (c.stats.nacks, c.stats.retransmitted, c.stats.repairs_shed) == (1, 0, 3)
+    # A relay's or the recorder's NACK is still answered: it serves many, or a recording.
+    router.on_subscriber_rtcp(c, rtcp.Nack(0x5EED, c.ssrc, (1006,)), 1.0, in_process=True)
+    assert [decode(p).seq for p in c_sink.rtp[10:]] == [1006]
+    del c_sink.rtp[10:]
     # Its keyframe requests reach the publisher at most every 4 x keyframe_interval.
     sent = router.keyframe_requests_sent
     router.on_subscriber_rtcp(c, rtcp.Pli(0x5EED, c.ssrc), 10.0)
@@ -1308,7 +1312,7 @@ def test_nacks_are_not_answered_while_the_process_lags() -> None:
     router.lagging = False
     router.on_subscriber_rtcp(c, rtcp.Nack(0x5EED, c.ssrc, (1003,)), 12.1)
     assert [decode(p).seq for p in c_sink.rtp[10:]] == [1003]
-    assert (c.stats.retransmitted, c.stats.repairs_shed) == (1, 3)
+    assert (c.stats.retransmitted, c.stats.repairs_shed) == (2, 3)
 
 
 def test_repairs_are_capped_by_the_subscribers_repair_budget() -> None:
