@@ -99,9 +99,13 @@ class TelebridgeCollector(Collector):
             "CPU share of one core used by each media process (last second or so)",
             labels=["process"],
         )
-        for load in server.sfu.media_loads():
-            lag.add_metric([load.name], load.lag)
-            cpu.add_metric([load.name], load.cpu)
+        loads = {load.name: (load.lag, load.cpu) for load in server.sfu.media_loads()}
+        # With workers, the main process (publishers, relays) serves no viewer
+        # but is shown too: when it lags, everyone does.
+        loads.setdefault("main", (server.sfu.load.lag, server.sfu.load.cpu))
+        for name, (lag_s, cpu_share) in loads.items():
+            lag.add_metric([name], lag_s)
+            cpu.add_metric([name], cpu_share)
         yield lag
         yield cpu
 

@@ -438,6 +438,10 @@ async def test_admin_api_health_and_metrics(
             if line.startswith("telebridge_")
         }
         assert values["telebridge_rooms"] == 1 and values["telebridge_participants"] == 2
+        # The media process's load: how late it reads its input, its CPU share.
+        assert 0 <= values['telebridge_media_loop_lag_seconds{process="main"}'] < 1
+        assert 0 <= values['telebridge_media_cpu_ratio{process="main"}'] < 2
+        assert values["telebridge_receivers_shed_total"] == 0
         assert values["telebridge_publishers"] == 1 and values["telebridge_subscribers"] == 1
         assert values["telebridge_packets_out_total"] > 0
         assert values["telebridge_bytes_in_total"] > 0
