@@ -65,7 +65,7 @@ class ReceiveProbe:
 
     def take(self, data: bytes, addr: Address) -> float | None:
         """The delay of ``data`` if it is one of this probe's datagrams (reported), else None."""
-        if addr != self.source or len(data) != _PROBE.size or data[0] != _MARK:
+        if len(data) != _PROBE.size or data[0] != _MARK or tuple(addr[:2]) != self.source:
             return None
         delay: float = max(0.0, time.monotonic() - _PROBE.unpack(data)[1])
         self.on_delay(delay)

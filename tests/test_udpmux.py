@@ -19,6 +19,7 @@ from aioice.ice import Connection
 from pylibsrtp import Policy, Session
 from signaling_client import wait_until
 
+from sfu.probe import ReceiveProbe
 from sfu.sendbatch import _FFI, SendBatch, socket_address
 from sfu.srtp import InPlaceProtector
 from sfu.transport import restrict_host_candidates
@@ -284,3 +285,25 @@ async def test_a_probe_measures_how_late_the_socket_is_read() -> None:
     finally:
         flood.close()
         await mux.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_probe_knows_its_datagrams_by_source_whatever_the_address_tuple(host: str) -> None:
+    """recvfrom gives IPv6 sources as 4-tuples (the relay's socket): still a probe."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    watched = socket.socket(family, socket.SOCK_DGRAM)
+    stranger = socket.socket(family, socket.SOCK_DGRAM)
+    watched.bind((host, 0))
+    delays: list[float] = []
+    probe = ReceiveProbe(watched, delays.append)
+    try:
+        probe.send()
+        stranger.sendto(bytes(9), watched.getsockname())
+        received = [watched.recvfrom(100) for _ in range(2)]
+        taken = [probe.take(data, addr) for data, addr in received]
+        assert sorted(t is None for t in taken) == [False, True]  # the stranger's is not
+        assert len(delays) == 1 and 0 <= delays[0] < 1
+    finally:
+        probe.close()
+        watched.close()
+        stranger.close()
