@@ -91,7 +91,8 @@ class TelebridgeCollector(Collector):
         )
         lag = GaugeMetricFamily(
             "telebridge_media_loop_lag_seconds",
-            "how late each media process's event loop runs (decaying maximum)",
+            "how late each media process reads its input (probe datagrams' wait, or its "
+            "timers' lateness; decaying maximum)",
             labels=["process"],
         )
         cpu = GaugeMetricFamily(
