@@ -845,7 +845,13 @@ class Sfu:
                         peer.sink.send_rtcp(report)
 
     def _reap(self, now: float) -> None:
-        timeout = self.config.peer_timeout
+        """Close the peers silent for ``peer_timeout``, judged on what was read.
+
+        What waits unread in this process's sockets is not silence: while
+        the process reads its input late (overload) the timeout grows by
+        that lag, or an overloaded node would close its publishers too.
+        """
+        timeout = self.config.peer_timeout + self.load.lag
         for peer in list(self.peers.values()):
             if peer.closing or now - peer.last_activity <= timeout:
                 continue

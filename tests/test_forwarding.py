@@ -299,6 +299,28 @@ async def test_sockets_of_their_own_when_the_shared_port_is_off() -> None:
             await pub.close()
 
 
+async def test_a_publisher_read_late_is_not_taken_for_silent() -> None:
+    """An overloaded node must not close its presenter for the input it has not read yet."""
+    from sfu.server import SfuConfig
+
+    config = SfuConfig(candidate_addresses=["127.0.0.1"], peer_timeout=2.0)
+    async with Sfu(config) as sfu:
+        pub, _ = await publish(sfu, "pub", [PatternVideoTrack(160, 120)])
+        try:
+            peer = sfu.peers["pub"]
+            assert await wait_for(lambda: peer.pc.connectionState == "connected", timeout=10)
+            now = sfu.now()
+            peer.last_activity = now - 3.0  # nothing read from it for 3 s,
+            sfu.load.lag = 5.0  # because the input waits 5 s in the socket
+            sfu._reap(now)
+            assert not sfu._closing and not peer.closing
+            sfu.load.lag = 0.0  # read on time: 3 s of nothing is silence
+            sfu._reap(now)
+            assert await wait_for(lambda: "pub" not in sfu.peers, timeout=5)
+        finally:
+            await pub.close()
+
+
 async def test_leaving_crashing_and_publisher_leaving_release_resources() -> None:
     from sfu.server import SfuConfig
 
