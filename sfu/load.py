@@ -7,8 +7,9 @@ abrupt: 300 subscribers on one core held p99 34 ms, 350 went to seconds;
 ``docs/benchmarks.md``). The loop's timers can still run on time while
 that happens, because the loop reads a bounded number of datagrams per
 turn, so :class:`LoadMeter` takes two readings: how late the SFU's poll
-timer fires, and how long a probe datagram the process sends its own
-shared socket every 0.1 s waits before it is read (``UdpMux.probe``). Its
+timer fires, and how long a probe datagram the process sends each of its
+input sockets every 0.1 s waits before it is read, or has been out unread
+(``sfu/probe.py``). Its
 ``lag`` is the larger, kept as a decaying maximum so that a sustained
 overload reads high while one slow callback fades within a second or two.
 It also takes the process's CPU share of one core. Signaling uses the lag

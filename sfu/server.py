@@ -817,6 +817,8 @@ class Sfu:
             if monotonic >= next_probe:
                 next_probe = monotonic + PROBE_INTERVAL_S
                 for probe in self._probes():
+                    # A probe out for that long: the input is at least that late.
+                    self.load.observe(probe.unread_for(monotonic))
                     probe.send()
             now = self._clock()
             try:

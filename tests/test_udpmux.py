@@ -307,3 +307,23 @@ def test_a_probe_knows_its_datagrams_by_source_whatever_the_address_tuple(host: 
         probe.close()
         watched.close()
         stranger.close()
+
+
+def test_a_probe_not_read_back_counts_as_lateness_even_if_the_kernel_dropped_it() -> None:
+    """A full socket drops probes too: the oldest unread one bounds the lag from below."""
+    watched = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    watched.bind(("127.0.0.1", 0))
+    probe = ReceiveProbe(watched, lambda delay: None)
+    try:
+        assert probe.unread_for(time.monotonic()) == 0.0
+        probe.send()
+        probe.send()
+        time.sleep(0.2)
+        assert probe.unread_for(time.monotonic()) >= 0.2
+        watched.recvfrom(100)  # the first is lost (as if the kernel had dropped it)
+        data, addr = watched.recvfrom(100)
+        assert probe.take(data, addr) is not None
+        assert probe.unread_for(time.monotonic()) == 0.0
+    finally:
+        probe.close()
+        watched.close()
