@@ -9,9 +9,9 @@ that happens, because the loop reads a bounded number of datagrams per
 turn, so :class:`LoadMeter` takes two readings: how late the SFU's poll
 timer fires, and how long a probe datagram the process sends each of its
 input sockets every 0.1 s waits before it is read, or has been out unread
-(``sfu/probe.py``). Its
-``lag`` is the larger, kept as a decaying maximum so that a sustained
-overload reads high while one slow callback fades within a second or two.
+(``sfu/probe.py``). Its ``lag`` is the larger, kept as a decaying maximum
+so that a sustained overload reads high while one slow callback fades
+within a second or two.
 It also takes the process's CPU share of one core. Signaling uses the lag
 (``signaling/overload.py``) to refuse newcomers and shed the newest
 receivers of an overloaded process; ``/metrics`` shows both per process.

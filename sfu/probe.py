@@ -9,8 +9,9 @@ a socket of the same process; the datagram waits in the queue behind the
 media, and when the owner reads it back the difference is the delay every
 packet had at that moment. A probe not read back yet bounds the delay from
 below (:meth:`ReceiveProbe.unread_for`); that is what shows a full socket
-buffer, where the kernel drops the probes with the media. ``sfu/load.py`` keeps it; signaling sheds
-receivers on it (``signaling/overload.py``).
+buffer, where the kernel drops the probes with the media. ``sfu/load.py``
+keeps the reading; signaling sheds receivers on it
+(``signaling/overload.py``).
 
 A probe is 9 octets: a marker octet 0xFF (not 0-3, so never taken for
 STUN, RFC 7983 §7; under RTP's 12-octet header, RFC 3550 §5.1) and the
