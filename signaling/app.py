@@ -146,8 +146,11 @@ class Server:
         signaling = self.config.signaling
         if signaling.max_receivers and self.receivers() >= signaling.max_receivers:
             return f"this server holds its maximum of {signaling.max_receivers} receivers"
-        if signaling.overload_lag_ms and self.loop_lag * 1000 > signaling.overload_lag_ms:
-            return f"this server is overloaded (event loop {self.loop_lag * 1000:.0f} ms late)"
+        # This process: its timers, and (with workers) its own input, the
+        # publishers' media and the relays' feedback.
+        lag = max(self.loop_lag, self.sfu.load.lag)
+        if signaling.overload_lag_ms and lag * 1000 > signaling.overload_lag_ms:
+            return f"this server is overloaded (event loop {lag * 1000:.0f} ms late)"
         return self.overload.refusal(self.sfu.media_loads(), time.monotonic())
 
     def receivers(self) -> int:

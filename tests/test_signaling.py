@@ -21,6 +21,7 @@ from signaling_client import (
 )
 
 from bench.synthetic import PatternVideoTrack, ToneAudioTrack
+from sfu.workers import ClusterSfu
 from signaling.app import Server
 from signaling.config import Config
 
@@ -344,6 +345,37 @@ async def test_an_overloaded_node_turns_new_receivers_away(
             late = Client(base, http)
             clients.append(late)
             await late.join(token("a", "viewer", "late", subject="late"))
+        finally:
+            for client in clients:
+                await client.close()
+
+
+async def test_with_workers_a_lagging_main_process_or_workers_turn_newcomers_away(
+    http: aiohttp.ClientSession,
+) -> None:
+    """The main process (publishers' input) and the workers (viewers) are watched apart."""
+    config = Config()
+    config.sfu.workers = 2
+    async with running_server(config) as (base, srv):
+        clients = [Client(base, http) for _ in range(3)]
+        try:
+            assert await wait_until(lambda: len(srv.sfu.media_loads()) == 2, 10)
+            assert isinstance(srv.sfu, ClusterSfu) and srv.sfu._cluster_task is not None
+            srv.sfu._cluster_task.cancel()  # no fresh snapshot overwrites the workers' below
+            srv.sfu.load.lag = 1.0  # the main process reads its input a second late
+            with pytest.raises(ProtocolFailure) as failure:
+                await clients[0].join(token("w", "viewer", "one", subject="one"))
+            assert failure.value.code == "server-busy" and "overloaded" in str(failure.value)
+            srv.sfu.load.lag = 0.0
+            for worker in srv.sfu.workers:  # both workers' last snapshots: a second late
+                worker.stats = {**worker.stats, "loop_lag_ms": 1000.0}
+            with pytest.raises(ProtocolFailure) as failure:
+                await clients[1].join(token("w", "viewer", "two", subject="two"))
+            assert failure.value.code == "server-busy" and "media 1000 ms late" in str(
+                failure.value
+            )
+            srv.sfu.workers[0].stats = {**srv.sfu.workers[0].stats, "loop_lag_ms": 0.0}
+            await clients[2].join(token("w", "viewer", "three", subject="three"))
         finally:
             for client in clients:
                 await client.close()
