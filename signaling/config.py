@@ -31,9 +31,9 @@ class SignalingConfig:
     #: Receiving members this node accepts, all rooms together (0: no limit).
     #: Set it from ``telebridge bench --find-max`` for the feed's bitrate.
     max_receivers: int = 0
-    #: New receivers are refused while the event loop of the signaling process,
-    #: or of every media process, lags this much (ms; 0: never): an overloaded
-    #: node turns newcomers away rather than degrade everyone.
+    #: New receivers are refused while the main process (its timers or its
+    #: input), or every media process, lags this much (ms; 0: never): an
+    #: overloaded node turns newcomers away rather than degrade everyone.
     overload_lag_ms: float = 250.0
     #: A media process lagging that much for this long sheds its newest receivers
     #: (``server-busy``; they retry with backoff) until it keeps up (s; 0: never).
