@@ -52,8 +52,6 @@ class Server:
         self.node_id = signaling.node_id or f"{socket.gethostname()}:{signaling.port}"
         self._tasks: list[asyncio.Task[None]] = []
         self._resubscribing: set[asyncio.Task[None]] = set()
-        #: Recent event-loop lag in seconds (a decaying maximum), see :meth:`busy`.
-        self.loop_lag = 0.0
 
     async def start(self) -> None:
         await self.store.start()
@@ -63,7 +61,6 @@ class Server:
         self._tasks = [
             loop.create_task(self._speakers()),
             loop.create_task(self._presence()),
-            loop.create_task(self._watch_lag()),
             loop.create_task(self._watch_overload()),
         ]
 
@@ -146,9 +143,9 @@ class Server:
         signaling = self.config.signaling
         if signaling.max_receivers and self.receivers() >= signaling.max_receivers:
             return f"this server holds its maximum of {signaling.max_receivers} receivers"
-        # This process: its timers, and (with workers) its own input, the
-        # publishers' media and the relays' feedback.
-        lag = max(self.loop_lag, self.sfu.load.lag)
+        # This process (signaling's, and the publishers' media with workers):
+        # its timers' lateness and its input's, as its Sfu measures them.
+        lag = self.sfu.load.lag
         if signaling.overload_lag_ms and lag * 1000 > signaling.overload_lag_ms:
             return f"this server is overloaded (event loop {lag * 1000:.0f} ms late)"
         return self.overload.refusal(self.sfu.media_loads(), time.monotonic())
@@ -156,15 +153,6 @@ class Server:
     def receivers(self) -> int:
         """Members of this node's rooms that receive media."""
         return sum(m.receive for room in self.rooms.values() for m in room.members.values())
-
-    async def _watch_lag(self, interval: float = 0.1) -> None:
-        """Measure how late the event loop runs timers (decaying maximum, ~2 s memory)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            start = loop.time()
-            await asyncio.sleep(interval)
-            lag = max(0.0, loop.time() - start - interval)
-            self.loop_lag = max(lag, self.loop_lag * 0.9)
 
     async def _watch_overload(self, interval: float = 0.5) -> None:
         """Shed the newest receivers of a media process that stays overloaded."""

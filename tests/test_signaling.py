@@ -336,7 +336,7 @@ async def test_an_overloaded_node_turns_new_receivers_away(
 
             await second.close()
             assert await wait_until(lambda: srv.receivers() == 1, 5)
-            srv.loop_lag = 1.0  # as measured by the lag watcher when forwarding falls behind
+            srv.sfu.load.lag = 1.0  # as measured (sfu/load.py) when forwarding falls behind
             with pytest.raises(ProtocolFailure) as failure:
                 await late.join(token("a", "viewer", "late", subject="late"))
             assert failure.value.code == "server-busy" and "overloaded" in str(failure.value)
