@@ -32,17 +32,12 @@ class KeyframeRequester:
         self.sent = 0
 
     def request(self, now: float, slow: bool = False) -> bool:
-        """Ask for a keyframe; True if a PLI should be sent right now."""
-        if now - self.last_sent >= self.interval * (SLOW_FACTOR if slow else 1.0):
-            self.last_sent = now
-            self.pending = False
-            self.sent += 1
-            return True
+        """Ask for a keyframe; True if a PLI should be sent right now (else it is deferred)."""
         self.pending = True
-        return False
+        return self.poll(now, slow)
 
     def poll(self, now: float, slow: bool = False) -> bool:
-        """Called periodically: True if a deferred request is due now."""
+        """True if a pending request is due now: the interval (wider when ``slow``) has passed."""
         if self.pending and now - self.last_sent >= self.interval * (SLOW_FACTOR if slow else 1.0):
             self.last_sent = now
             self.pending = False
