@@ -1283,13 +1283,21 @@ def test_nack_repeat_within_rtt_is_ignored() -> None:
     assert c.stats.retransmitted == 2
 
 
-def test_nacks_are_not_answered_while_the_process_lags() -> None:
-    """Past saturation repairs come late and feed the overload: shed, keyframes spaced."""
-    router = Router(small_config())
+def _keyframe_forwarded(
+    config: RouterConfig, initial_seq: int
+) -> tuple[Router, Producer, Consumer, FakeSink]:
+    """Video producer A whose keyframe (seq 1) went to consumer c: the repair tests' start."""
+    router = Router(config)
     a, _ = video_producer(router, "A", 0xA0)
-    c, c_sink = consumer("c", 0xC0, initial_seq=1000)
+    c, c_sink = consumer("c", 0xC0, initial_seq=initial_seq)
     router.add_consumer(c, "A", 0.0)
     router.on_rtp(a, vp8_rtp(1, 3000, 0xA0, "key", marker=True), 0.0)
+    return router, a, c, c_sink
+
+
+def test_nacks_are_not_answered_while_the_process_lags() -> None:
+    """Past saturation repairs come late and feed the overload: shed, keyframes spaced."""
+    router, a, c, c_sink = _keyframe_forwarded(small_config(), initial_seq=1000)
     for seq in range(2, 11):
         router.on_rtp(a, vp8_rtp(seq, 3000 * seq, 0xA0, "delta", marker=True), seq / 30)
     router.lagging = True
@@ -1317,11 +1325,8 @@ def test_nacks_are_not_answered_while_the_process_lags() -> None:
 
 def test_repairs_are_capped_by_the_subscribers_repair_budget() -> None:
     """A subscriber losing most of its stream cannot turn every loss into a send."""
-    router = Router(small_config(repair_burst=4, repair_ratio=0.25))
-    a, _ = video_producer(router, "A", 0xA0)
-    c, c_sink = consumer("c", 0xC0, initial_seq=1000)
-    router.add_consumer(c, "A", 0.0)
-    router.on_rtp(a, vp8_rtp(1, 3000, 0xA0, "key", marker=True), 0.0)
+    config = small_config(repair_burst=4, repair_ratio=0.25)
+    router, a, c, c_sink = _keyframe_forwarded(config, initial_seq=1000)
     for seq in range(2, 41):
         router.on_rtp(a, vp8_rtp(seq, 3000 * seq, 0xA0, "delta", marker=True), seq / 30)
     assert len(c_sink.rtp) == 40
@@ -1348,11 +1353,7 @@ def test_repairs_are_capped_by_the_subscribers_repair_budget() -> None:
 
 
 def test_ordinary_loss_is_repaired_in_full_under_the_default_budget() -> None:
-    router = Router(small_config())
-    a, _ = video_producer(router, "A", 0xA0)
-    c, c_sink = consumer("c", 0xC0, initial_seq=0)
-    router.add_consumer(c, "A", 0.0)
-    router.on_rtp(a, vp8_rtp(1, 3000, 0xA0, "key", marker=True), 0.0)
+    router, a, c, c_sink = _keyframe_forwarded(small_config(), initial_seq=0)
     for seq in range(2, 2001):  # 2,000 packets, a 5 % loss reported as it happens
         router.on_rtp(a, vp8_rtp(seq, 3000 * seq, 0xA0, "delta", marker=True), seq / 200)
         if seq % 20 == 0:
