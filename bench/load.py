@@ -519,8 +519,20 @@ def summarize_group(results: list[dict[str, Any]], impairment: Impairment | None
         "freezes": sum(r["freezes"] for r in results),
         "freeze_s": round(sum(r["freeze_s"] for r in results), 3),
         "bitrate_bps": int(np.mean([r["bitrate_bps"] for r in results])) if results else 0,
+        "link_drops": _link_drops(results) if impairment else None,
         "per_subscriber": per_subscriber,
     }
+
+
+def _link_drops(results: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Datagrams the emulated links dropped since the joins, per direction: at the
+    rate cap's full queue, and as random loss (the impaired group's sum)."""
+    drops = {direction: {"queue": 0, "loss": 0} for direction in ("down", "up")}
+    for result in results:
+        for direction, counters in (result.get("link") or {}).items():
+            drops[direction]["queue"] += counters["dropped_queue"]
+            drops[direction]["loss"] += counters["dropped_loss"]
+    return drops
 
 
 def _kept(results: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -927,6 +939,16 @@ def summary_table(report: dict[str, Any]) -> str:
                 f"{impaired['loss_pct_before_recovery']} %, freezes {impaired['freezes']}",
             )
         )
+        drops = impaired.get("link_drops")
+        if drops:
+            rows.append(
+                (
+                    "impaired links dropped (since join)",
+                    f"down {drops['down']['queue']:,} at the rate cap + "
+                    f"{drops['down']['loss']:,} lost, up {drops['up']['queue']:,} + "
+                    f"{drops['up']['loss']:,}",
+                )
+            )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 

@@ -640,6 +640,9 @@ class LeanSubscriber:
             "busy_refusals": self.busy_refusals,
             "shed": self.shed,
             "socket_drops": self.socket_drops - self._socket_drops_before,
+            # The emulated link's counters since the join (the window's and
+            # before it: a joiner's replayed keyframe burst meets the rate cap).
+            "link": self.path.stats() if self.path is not None else None,
             # Sparse (bin index -> count): the dense array is 400 KB per subscriber.
             "latency_histogram": {int(i): int(counts[i]) for i in np.flatnonzero(counts)},
         }

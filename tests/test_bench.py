@@ -133,6 +133,12 @@ def test_impaired_subscribers_recover_and_clean_ones_lose_nothing(tmp_path: Path
     assert impaired["loss_pct_before_recovery"] > 1.0
     assert impaired["loss_pct"] < 0.5 * impaired["loss_pct_before_recovery"]
     assert impaired["loss_pct"] < 1.5
+    # The links' own counters (since the joins) saw that loss.
+    drops = impaired["link_drops"]
+    assert drops["down"]["loss"] > 0
+    assert drops["down"]["queue"] == 0  # no rate cap
+    assert clean["link_drops"] is None
+    assert all(s["link"] is None for s in clean["per_subscriber"])
     # The latency of the impaired group shows the link's delay; the clean
     # group is unaffected.
     assert impaired["latency_ms"]["p50"] > 140
