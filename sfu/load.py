@@ -12,14 +12,19 @@ input sockets every 0.1 s waits before it is read, or has been out unread
 (``sfu/probe.py``). Its ``lag`` is the larger, kept as a decaying maximum
 so that a sustained overload reads high while one slow callback fades
 within a second or two.
-It also takes the process's CPU share of one core. Signaling uses the lag
-(``signaling/overload.py``) to refuse newcomers and shed the newest
-receivers of an overloaded process; ``/metrics`` shows both per process.
+It also takes the process's CPU share of one core, and what it may use
+(:func:`cpu_limit`: one core, less under a CFS quota). Signaling uses the
+lag (``signaling/overload.py``) to refuse newcomers and shed the newest
+receivers of an overloaded process, and the CPU against its limit to tell
+when a process that shed has room again; ``/metrics`` shows both per
+process.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 #: What is left of a lag reading after one second (0.9 per 0.1 s).
 LAG_DECAY_PER_S = 0.9**10
@@ -32,6 +37,8 @@ class LoadMeter:
     lag: float = 0.0
     #: CPU time over wall time between the last two samples (1.0: one core busy).
     cpu: float = 0.0
+    #: The CPU share the process may use (:func:`cpu_limit`), as last read.
+    cpu_limit: float = 1.0
     _last_tick: float | None = None
     _cpu_mark: tuple[float, float] | None = None
 
@@ -66,3 +73,67 @@ class MediaLoad:
     cpu: float
     #: The subscriber peers it serves.
     subscribers: frozenset[str]
+    #: The CPU share it may use (1.0: a core; less under a quota).
+    cpu_limit: float = 1.0
+
+
+def cpu_limit(
+    proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")
+) -> float:
+    """The CPU share this process may use: one core (an event loop is one
+    thread), or less when its cgroup has a CFS bandwidth quota.
+
+    The quota is the tightest of the process's cgroup and its ancestors:
+    cgroup v1's ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us`` (-1: none),
+    else cgroup v2's ``cpu.max`` ("max 100000": none; "30000 100000": 0.3).
+    A container limited to a fraction of a core (``docker run --cpus``,
+    Kubernetes CPU limits) reads as that fraction. Unreadable files count
+    as no quota. Worker processes that share one quota each read all of
+    it, which they get only while the others idle.
+    """
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return 1.0
+    limit = math.inf
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):  # v1, e.g. "4:cpu,cpuacct:/docker/ab12"
+            for mount in (root / controllers, root / "cpu"):
+                if mount.is_dir():
+                    limit = min(limit, _v1_quota(mount, path))
+                    break
+        elif not controllers:  # v2: "0::/system.slice/telebridge.service"
+            limit = min(limit, _v2_quota(root, path))
+    return min(1.0, limit)
+
+
+def _levels(mount: Path, path: str) -> list[Path]:
+    """The cgroup directory of ``path`` under ``mount`` and every ancestor up to it."""
+    parts = [part for part in path.split("/") if part]
+    return [mount.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+
+
+def _v1_quota(mount: Path, path: str) -> float:
+    limit = math.inf
+    for level in _levels(mount, path):
+        try:
+            quota = int((level / "cpu.cfs_quota_us").read_text())
+            period = int((level / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        if quota > 0 and period > 0:
+            limit = min(limit, quota / period)
+    return limit
+
+
+def _v2_quota(root: Path, path: str) -> float:
+    limit = math.inf
+    for level in _levels(root, path):
+        try:
+            quota, period = (level / "cpu.max").read_text().split()
+            if quota != "max" and int(period) > 0:
+                limit = min(limit, int(quota) / int(period))
+        except (OSError, ValueError):
+            continue
+    return limit

@@ -41,7 +41,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from sfu import rtcp
 from sfu.codecs import codec_info
-from sfu.load import LoadMeter, MediaLoad
+from sfu.load import LoadMeter, MediaLoad, cpu_limit
 from sfu.probe import ReceiveProbe
 from sfu.router import (
     Consumer,
@@ -165,6 +165,7 @@ class Sfu:
             await self.mux.open()
         if self._task is None:
             self.load.sample_cpu(time.monotonic(), time.process_time())
+            self.load.cpu_limit = cpu_limit()
             self._task = asyncio.get_running_loop().create_task(self._run_timers())
 
     async def stop(self) -> None:
@@ -502,7 +503,7 @@ class Sfu:
     def media_loads(self) -> list[MediaLoad]:
         """The media processes (here: this one), their load and their subscribers."""
         subscribers = frozenset(p.id for p in self.peers.values() if p.role == "subscriber")
-        return [MediaLoad("main", self.load.lag, self.load.cpu, subscribers)]
+        return [MediaLoad("main", self.load.lag, self.load.cpu, subscribers, self.load.cpu_limit)]
 
     def active_speaker(
         self, window: float = 1.0, among: Collection[str] | None = None
@@ -584,6 +585,7 @@ class Sfu:
             "malformed_rtcp": sum(p.malformed_rtcp for p in self.peers.values()),
             "loop_lag_ms": round(self.load.lag * 1000, 1),
             "cpu": round(self.load.cpu, 3),
+            "cpu_limit": round(self.load.cpu_limit, 3),
             "producers": producers,
             "consumers": consumers,
         }
@@ -829,6 +831,7 @@ class Sfu:
                     self._send_reports(now)
                     self._reap(now)
                     self.load.sample_cpu(time.monotonic(), time.process_time())
+                    self.load.cpu_limit = cpu_limit()
             except Exception:  # a bug here must not stop every peer's timers
                 logger.exception("SFU timer failed")
 

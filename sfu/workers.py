@@ -355,7 +355,13 @@ class Worker:
     def load(self) -> MediaLoad:
         """This worker's load as of its last snapshot, and the peers placed on it."""
         lag = self.stats.get("loop_lag_ms", 0.0) / 1000
-        return MediaLoad(self.name, lag, self.stats.get("cpu", 0.0), frozenset(self.peers))
+        return MediaLoad(
+            self.name,
+            lag,
+            self.stats.get("cpu", 0.0),
+            frozenset(self.peers),
+            self.stats.get("cpu_limit", 1.0),
+        )
 
     async def refresh(self) -> None:
         """Take a snapshot of the worker's stats and totals."""

@@ -100,15 +100,25 @@ class TelebridgeCollector(Collector):
             "CPU share of one core used by each media process (last second or so)",
             labels=["process"],
         )
-        loads = {load.name: (load.lag, load.cpu) for load in server.sfu.media_loads()}
+        limit = GaugeMetricFamily(
+            "telebridge_media_cpu_limit_ratio",
+            "CPU share of one core each media process may use (1: a core; less under a quota)",
+            labels=["process"],
+        )
+        own = server.sfu.load
+        loads = {
+            load.name: (load.lag, load.cpu, load.cpu_limit) for load in server.sfu.media_loads()
+        }
         # With workers, the main process (publishers, relays) serves no viewer
         # but is shown too: when it lags, everyone does.
-        loads.setdefault("main", (server.sfu.load.lag, server.sfu.load.cpu))
-        for name, (lag_s, cpu_share) in loads.items():
+        loads.setdefault("main", (own.lag, own.cpu, own.cpu_limit))
+        for name, (lag_s, cpu_share, cpu_limit) in loads.items():
             lag.add_metric([name], lag_s)
             cpu.add_metric([name], cpu_share)
+            limit.add_metric([name], cpu_limit)
         yield lag
         yield cpu
+        yield limit
 
 
 def add_metrics_route(app: web.Application, key: web.AppKey[Server]) -> None:

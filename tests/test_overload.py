@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from sfu.load import LAG_DECAY_PER_S, LoadMeter, MediaLoad
-from signaling.overload import CAP_HOLD_S, SHED_INTERVAL_S, OverloadGuard
+from sfu.load import LAG_DECAY_PER_S, LoadMeter, MediaLoad, cpu_limit
+from signaling.overload import CAP_GROW_S, CAP_HOLD_S, SHED_INTERVAL_S, OverloadGuard
 
 
-def _load(name: str, lag: float, subscribers: int) -> MediaLoad:
-    return MediaLoad(name, lag, 0.0, frozenset(f"{name}-{i}" for i in range(subscribers)))
+def _load(
+    name: str, lag: float, subscribers: int, cpu: float = 0.0, limit: float = 1.0
+) -> MediaLoad:
+    return MediaLoad(name, lag, cpu, frozenset(f"{name}-{i}" for i in range(subscribers)), limit)
 
 
 def test_the_meter_keeps_a_sustained_lag_and_forgets_a_spike() -> None:
@@ -66,6 +70,22 @@ def test_a_lagging_process_sheds_its_newest_share_after_a_while_and_keeps_a_cap(
     assert guard.to_shed([again], now + 12) == {"worker1": 12}
 
 
+def test_a_lag_that_keeps_growing_sheds_the_excess_on_top() -> None:
+    guard = OverloadGuard(lag_limit=0.25, shed_after=2.0)
+    guard.to_shed([_load("main", 0.5, 300)], 0.0)
+    assert guard.to_shed([_load("main", 0.5, 300)], 2.0) == {"main": 15}
+    # 0.3 s more backlog in 3 s: the input is 10 % more than it handles.
+    # 5 % + 0.1 / 1.1 of 285 = 40.
+    now = 2.0 + SHED_INTERVAL_S
+    assert guard.to_shed([_load("main", 0.8, 285)], now) == {"main": 40}
+    # 1.2 s more in 3 s: a quarter at most.
+    now += SHED_INTERVAL_S
+    assert guard.to_shed([_load("main", 2.0, 245)], now) == {"main": 61}
+    # Not growing (nor draining): the base share.
+    now += SHED_INTERVAL_S
+    assert guard.to_shed([_load("main", 1.9, 184)], now) == {"main": 9}
+
+
 def test_a_small_process_sheds_one_and_a_guard_at_zero_never_sheds() -> None:
     guard = OverloadGuard(lag_limit=0.25, shed_after=1.0)
     small = _load("main", 1.0, 3)
@@ -77,6 +97,91 @@ def test_a_small_process_sheds_one_and_a_guard_at_zero_never_sheds() -> None:
     assert not never.accepts(small, 50.0)  # still refused at the door
     off = OverloadGuard(lag_limit=0.0, shed_after=2.0)
     assert off.accepts(small, 0.0) and off.to_shed([small], 10.0) == {}
+
+
+def test_a_held_cap_grows_back_while_the_process_has_room_and_not_at_its_cpu_limit() -> None:
+    """After a storm's lag the cap comes back; a process at its CPU limit keeps it."""
+    guard = OverloadGuard(lag_limit=0.25, shed_after=2.0)
+    guard.to_shed([_load("main", 0.5, 300, cpu=0.9)], 0.0)
+    assert guard.to_shed([_load("main", 0.5, 300, cpu=0.9)], 2.0) == {"main": 15}
+    # Caught up, with room (half a core used of one), at its cap of 285.
+    calm = _load("main", 0.05, 285, cpu=0.5)
+    assert not guard.accepts(calm, 2.5)
+    assert guard.to_shed([calm], 2.5) == {}
+    assert guard.to_shed([calm], 2.5 + CAP_GROW_S - 0.1) == {}
+    assert not guard.accepts(calm, 2.5 + CAP_GROW_S - 0.1)
+    assert guard.to_shed([calm], 2.5 + CAP_GROW_S) == {}
+    assert guard.accepts(calm, 2.5 + CAP_GROW_S)  # the cap is 285 + 14 now
+    now = 2.5 + CAP_GROW_S
+    # Below the grown cap nothing grows; filled up, it grows after more calm.
+    assert guard.to_shed([_load("main", 0.05, 290, cpu=0.5)], now + CAP_GROW_S) == {}
+    full = _load("main", 0.05, 299, cpu=0.5)
+    assert not guard.accepts(full, now + CAP_GROW_S)
+    guard.to_shed([full], now + CAP_GROW_S + 0.5)
+    guard.to_shed([full], now + 2 * CAP_GROW_S + 0.5)
+    assert guard.accepts(full, now + 2 * CAP_GROW_S + 0.5)
+    # A lag over half the limit is not calm: no growth.
+    again = OverloadGuard(lag_limit=0.25, shed_after=2.0)
+    again.to_shed([_load("main", 0.5, 100)], 0.0)
+    again.to_shed([_load("main", 0.5, 100)], 2.0)
+    for step in range(20):
+        again.to_shed([_load("main", 0.15, 95, cpu=0.5)], 2.5 + step)
+    assert not again.accepts(_load("main", 0.15, 95, cpu=0.5), 22.5)
+
+
+def test_a_process_at_its_cpu_quota_keeps_its_cap_for_the_hold() -> None:
+    guard = OverloadGuard(lag_limit=0.25, shed_after=2.0)
+    guard.to_shed([_load("main", 0.5, 100, cpu=0.3, limit=0.3)], 0.0)
+    assert guard.to_shed([_load("main", 0.5, 100, cpu=0.3, limit=0.3)], 2.0) == {"main": 5}
+    # Input on time, but 28 % of a core used of the 30 % it may use.
+    held = _load("main", 0.02, 95, cpu=0.28, limit=0.3)
+    for step in range(50):
+        assert guard.to_shed([held], 2.5 + step) == {}
+    assert not guard.accepts(held, 52.5)
+    assert guard.accepts(held, 2.0 + CAP_HOLD_S)
+
+
+def _cgroup(tmp_path: Path, own: str, files: dict[str, str]) -> tuple[Path, Path]:
+    tmp_path.mkdir()
+    proc = tmp_path / "cgroup"
+    proc.write_text(own)
+    root = tmp_path / "fs"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return proc, root
+
+
+def test_cpu_limit_reads_the_tightest_quota_of_a_cgroup_and_its_ancestors(tmp_path: Path) -> None:
+    # cgroup v1, the quota on the parent (docker --cpus 0.5 style), none on the leaf.
+    proc, root = _cgroup(
+        tmp_path / "v1",
+        "4:memory:/x\n3:cpu,cpuacct:/docker/ab12\n0::/\n",
+        {
+            "cpu,cpuacct/docker/cpu.cfs_quota_us": "50000\n",
+            "cpu,cpuacct/docker/cpu.cfs_period_us": "100000\n",
+            "cpu,cpuacct/docker/ab12/cpu.cfs_quota_us": "-1\n",
+            "cpu,cpuacct/docker/ab12/cpu.cfs_period_us": "100000\n",
+        },
+    )
+    assert cpu_limit(proc, root) == pytest.approx(0.5)
+    # cgroup v2: "max" on the leaf, 0.3 of a core above it.
+    proc, root = _cgroup(
+        tmp_path / "v2",
+        "0::/system.slice/telebridge.service\n",
+        {
+            "system.slice/cpu.max": "30000 100000\n",
+            "system.slice/telebridge.service/cpu.max": "max 100000\n",
+        },
+    )
+    assert cpu_limit(proc, root) == pytest.approx(0.3)
+    # Four cores of quota: an event loop still uses one.
+    proc, root = _cgroup(tmp_path / "wide", "0::/\n", {"cpu.max": "400000 100000\n"})
+    assert cpu_limit(proc, root) == 1.0
+    # No quota anywhere, or nothing readable.
+    proc, root = _cgroup(tmp_path / "none", "1:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1\n"})
+    assert cpu_limit(proc, root) == 1.0
+    assert cpu_limit(tmp_path / "missing", tmp_path) == 1.0
 
 
 def test_newcomers_are_refused_only_when_no_process_takes_them() -> None:

@@ -21,9 +21,11 @@ from signaling_client import (
 )
 
 from bench.synthetic import PatternVideoTrack, ToneAudioTrack
+from sfu.load import cpu_limit
 from sfu.workers import ClusterSfu
 from signaling.app import Server
 from signaling.config import Config
+from signaling.overload import CAP_GROW_S
 
 
 @pytest.fixture
@@ -428,6 +430,21 @@ async def test_an_overloaded_media_loop_sheds_its_newest_viewer_and_keeps_the_ot
             assert failure.value.code == "server-busy" and "lately" in str(failure.value)
             async with http.get(f"{base}/metrics") as response:
                 assert "telebridge_receivers_shed_total 1.0" in await response.text()
+            # Calm with room to spare for CAP_GROW_S, it raises the cap: a newcomer plays.
+            refused_at = time.monotonic()
+            for attempt in range(40):
+                later = Client(base, http)
+                everyone.append(later)
+                try:
+                    await later.join(token("r", "viewer", "Later", subject=f"later{attempt}"))
+                    break
+                except ProtocolFailure as refused:
+                    assert refused.code == "server-busy"
+                    await asyncio.sleep(0.25)
+            else:
+                raise AssertionError("the cap never grew back")
+            assert time.monotonic() - refused_at >= CAP_GROW_S - 1.0
+            assert await wait_until(lambda: later.main("video").frames > 3, 15)
         finally:
             if hog is not None:
                 hog.cancel()
@@ -473,6 +490,8 @@ async def test_admin_api_health_and_metrics(
         # The media process's load: how late it reads its input, its CPU share.
         assert 0 <= values['telebridge_media_loop_lag_seconds{process="main"}'] < 1
         assert 0 <= values['telebridge_media_cpu_ratio{process="main"}'] < 2
+        # What the process may use, as it reads its cgroup (1.0 without a quota).
+        assert values['telebridge_media_cpu_limit_ratio{process="main"}'] == cpu_limit()
         assert values["telebridge_receivers_shed_total"] == 0
         assert values["telebridge_publishers"] == 1 and values["telebridge_subscribers"] == 1
         assert values["telebridge_packets_out_total"] > 0
