@@ -136,11 +136,11 @@ class OverloadGuard:
             ):
                 continue
             draining = load.lag < state.lag_at_look * DRAINING
-            # Backlog added per second since the last look (0 at the first):
-            # the input outran the process by that share of its speed.
-            excess = max(0.0, load.lag - state.lag_at_look) / (now - state.last_look)
-            if not state.lag_at_look:
-                excess = 0.0
+            # Backlog added per second since the last look of this overload
+            # (none at its first): the input outran the process by that share.
+            excess = 0.0
+            if state.lag_at_look:
+                excess = max(0.0, load.lag - state.lag_at_look) / (now - state.last_look)
             state.last_look, state.lag_at_look = now, load.lag
             if draining or not load.subscribers:
                 continue
