@@ -97,7 +97,10 @@ def cpu_limit(
         return 1.0
     limit = math.inf
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
         if "cpu" in controllers.split(","):  # v1, e.g. "4:cpu,cpuacct:/docker/ab12"
             for mount in (root / controllers, root / "cpu"):
                 if mount.is_dir():

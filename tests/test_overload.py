@@ -178,8 +178,8 @@ def test_cpu_limit_reads_the_tightest_quota_of_a_cgroup_and_its_ancestors(tmp_pa
     # Four cores of quota: an event loop still uses one.
     proc, root = _cgroup(tmp_path / "wide", "0::/\n", {"cpu.max": "400000 100000\n"})
     assert cpu_limit(proc, root) == 1.0
-    # No quota anywhere, or nothing readable.
-    proc, root = _cgroup(tmp_path / "none", "1:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1\n"})
+    # No quota anywhere (a line that is not "id:controllers:path" is skipped), or nothing readable.
+    proc, root = _cgroup(tmp_path / "none", "garbage\n1:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1\n"})
     assert cpu_limit(proc, root) == 1.0
     assert cpu_limit(tmp_path / "missing", tmp_path) == 1.0
 
