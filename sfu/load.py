@@ -23,6 +23,7 @@ process.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,39 +105,35 @@ def cpu_limit(
         if "cpu" in controllers.split(","):  # v1, e.g. "4:cpu,cpuacct:/docker/ab12"
             for mount in (root / controllers, root / "cpu"):
                 if mount.is_dir():
-                    limit = min(limit, _v1_quota(mount, path))
+                    limit = min(limit, _tightest(mount, path, _v1_quota))
                     break
         elif not controllers:  # v2: "0::/system.slice/telebridge.service"
-            limit = min(limit, _v2_quota(root, path))
+            limit = min(limit, _tightest(root, path, _v2_quota))
     return min(1.0, limit)
 
 
-def _levels(mount: Path, path: str) -> list[Path]:
-    """The cgroup directory of ``path`` under ``mount`` and every ancestor up to it."""
+def _tightest(mount: Path, path: str, read: Callable[[Path], float | None]) -> float:
+    """The smallest quota ``read`` finds in the cgroup ``path`` under ``mount`` or an ancestor."""
     parts = [part for part in path.split("/") if part]
-    return [mount.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
-
-
-def _v1_quota(mount: Path, path: str) -> float:
     limit = math.inf
-    for level in _levels(mount, path):
+    for n in range(len(parts), -1, -1):
         try:
-            quota = int((level / "cpu.cfs_quota_us").read_text())
-            period = int((level / "cpu.cfs_period_us").read_text())
+            quota = read(mount.joinpath(*parts[:n]))
         except (OSError, ValueError):
             continue
-        if quota > 0 and period > 0:
-            limit = min(limit, quota / period)
+        if quota is not None:
+            limit = min(limit, quota)
     return limit
 
 
-def _v2_quota(root: Path, path: str) -> float:
-    limit = math.inf
-    for level in _levels(root, path):
-        try:
-            quota, period = (level / "cpu.max").read_text().split()
-            if quota != "max" and int(period) > 0:
-                limit = min(limit, int(quota) / int(period))
-        except (OSError, ValueError):
-            continue
-    return limit
+def _v1_quota(level: Path) -> float | None:
+    """``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``; None for -1 (no quota)."""
+    quota = int((level / "cpu.cfs_quota_us").read_text())
+    period = int((level / "cpu.cfs_period_us").read_text())
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def _v2_quota(level: Path) -> float | None:
+    """``cpu.max`` as a share of a core; None for "max" (no quota)."""
+    quota, period = (level / "cpu.max").read_text().split()
+    return int(quota) / int(period) if quota != "max" and int(period) > 0 else None
